@@ -1,0 +1,5 @@
+"""Modules built on the TaylorShift operators."""
+
+from taylorshift.nn.attention import TaylorShiftAttention
+
+__all__ = ["TaylorShiftAttention"]

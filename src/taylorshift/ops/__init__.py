@@ -1,0 +1,17 @@
+"""Tensor-level TaylorShift operators: the float64 oracle, the direct and efficient forms, and dispatch."""
+
+from taylorshift.ops.dispatch import Backend, resolve_backend, taylor_shift_attention
+from taylorshift.ops.efficient import feature_map
+from taylorshift.ops.inputs import BACKENDS, DEFAULT_COEFFICIENTS, check_coefficients
+from taylorshift.ops.reference import taylor_shift_attention_reference
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_COEFFICIENTS",
+    "Backend",
+    "check_coefficients",
+    "feature_map",
+    "resolve_backend",
+    "taylor_shift_attention",
+    "taylor_shift_attention_reference",
+]

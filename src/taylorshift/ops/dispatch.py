@@ -1,0 +1,104 @@
+"""The public functional API: ``taylor_shift_attention`` and the backend choice behind ``backend="auto"``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor
+
+from taylorshift.analysis.complexity import flops_direct, flops_efficient
+from taylorshift.ops.direct import direct_attention
+from taylorshift.ops.efficient import efficient_attention
+from taylorshift.ops.inputs import DEFAULT_COEFFICIENTS, AttentionInputs, check_backend, check_inputs
+
+Backend = Literal["auto", "direct", "efficient"]
+
+_IMPLEMENTATIONS = {"direct": direct_attention, "efficient": efficient_attention}
+
+
+def _check_is_causal(is_causal: object) -> None:
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__}")
+    if is_causal:
+        raise NotImplementedError(
+            "is_causal=True is not implemented yet (causal TaylorShift, top-left aligned as in "
+            "scaled_dot_product_attention, is planned); pass an explicit bool attn_mask with backend='direct' "
+            "meanwhile, e.g. attn_mask=torch.ones(L, S, dtype=torch.bool).tril()"
+        )
+
+
+def _choose(inp: AttentionInputs, backend: str) -> str:
+    if backend != "auto":
+        return backend
+    if not inp.key_only_mask:
+        return "direct"
+    L, S, d, dv = inp.q.shape[-2], inp.k.shape[-2], inp.q.shape[-1], inp.v.shape[-1]
+    if min(L, S, dv) == 0:
+        return "direct"
+    return "efficient" if flops_efficient(L, S, d, dv) < flops_direct(L, S, d, dv) else "direct"
+
+
+def resolve_backend(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    *,
+    backend: Backend = "auto",
+) -> str:
+    """Name of the backend that :func:`taylor_shift_attention` would run for these arguments.
+
+    ``"auto"`` picks ``"efficient"`` when the analytic FLOP model (:mod:`taylorshift.analysis`) says it is
+    cheaper than ``"direct"`` for these ``L, S, d, dv`` (for ``L = S = N``, ``dv = d``: when
+    ``N > d² + d + 1``), and ``"direct"`` otherwise or when the mask is not a key-padding mask.
+
+    Returns:
+        ``"direct"`` or ``"efficient"``.
+    """
+    backend = check_backend(backend)
+    return _choose(check_inputs(query, key, value, attn_mask), backend)
+
+
+def taylor_shift_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | Tensor | None = None,
+    *,
+    backend: Backend = "auto",
+    coefficients: tuple[float, float, float] = DEFAULT_COEFFICIENTS,
+) -> Tensor:
+    """TaylorShift attention, shaped like ``torch.nn.functional.scaled_dot_product_attention``.
+
+    Computes ``out_i = Σ_j p(s_ij) v_j / Σ_j p(s_ij)`` over the attendable keys ``j`` of query ``i``,
+    with ``s_ij = scale · q_i·k_j`` and ``p(x) = a x² + b x + c`` (default: the 2nd-order Taylor
+    polynomial of exp, ``1 + x + x²/2``). A query with no attendable key gets a zero output.
+
+    Args:
+        query: ``(*batch, L, d)``; any number of leading batch dims, typically ``(B, H, L, d)``.
+        key: ``(*batch, S, d)`` with the same leading dims (S may differ from L: cross-attention).
+        value: ``(*batch, S, dv)``.
+        attn_mask: optional **bool** tensor broadcastable to ``(*batch, L, S)``, True = attend; masked
+            pairs get weight exactly 0. Float (additive) masks are rejected: ``p(-inf) = +inf``.
+        is_causal: must be False for now (``NotImplementedError``).
+        scale: ``None`` (``1/√d``), a float, or a tensor broadcastable to ``(*batch, 1, 1)`` (for example
+            a per-head temperature of shape ``(H, 1, 1)``); gradients flow into a tensor scale.
+        backend: ``"direct"`` (O(L·S·d), any mask), ``"efficient"`` (O((L+S)·d²·dv), key-padding masks
+            only, else ``ValueError``) or ``"auto"`` (see :func:`resolve_backend`).
+        coefficients: ``(a, b, c)`` with ``a > 0`` and ``c >= b²/(4a)`` so that every weight is >= 0.
+
+    Returns:
+        ``(*batch, L, dv)`` in the dtype of ``query``. float16/bfloat16 inputs are computed in float32.
+
+    Raises:
+        TypeError: non-tensors, non-float dtypes, mixed dtypes, float masks.
+        ValueError: shape mismatches, wrong mask shapes, mixed devices, bad coefficients or backend.
+        NotImplementedError: ``is_causal=True``.
+    """
+    backend = check_backend(backend)
+    inp = check_inputs(query, key, value, attn_mask, scale, coefficients)
+    _check_is_causal(is_causal)
+    name = _choose(inp, backend)
+    return _IMPLEMENTATIONS[name](inp.cast()).to(inp.out_dtype)

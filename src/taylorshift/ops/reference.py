@@ -1,0 +1,62 @@
+"""The float64 oracle: TaylorShift attention written out as an explicit L×S computation.
+
+This is the reference every fast path is tested against. It favours obviousness over speed or memory and
+always computes in float64 (inputs of any floating dtype are upcast as they are, so the oracle sees the
+same rounded values as the path under test).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def taylor_shift_attention_reference(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    scale: float | Tensor | None = None,
+    coefficients: tuple[float, float, float] = (0.5, 1.0, 1.0),
+    rows: Tensor | None = None,
+) -> Tensor:
+    """Exact TaylorShift attention in float64.
+
+    ``out_i = Σ_j m_ij p(s_ij) v_j / Σ_j m_ij p(s_ij)`` with ``s_ij = scale · q_i·k_j``,
+    ``p(x) = a x² + b x + c`` and ``m`` the boolean mask; a row without attendable keys is zero.
+
+    Args:
+        query: ``(*batch, L, d)``.
+        key: ``(*batch, S, d)``.
+        value: ``(*batch, S, dv)``.
+        attn_mask: optional bool tensor broadcastable to ``(*batch, L, S)``, True = attend.
+        scale: float or tensor broadcastable to ``(*batch, 1, 1)``; default ``1/√d``.
+        coefficients: ``(a, b, c)``.
+        rows: optional 1-D index tensor of query rows to evaluate (so that very long sequences can be
+            checked on a subset of rows against all keys without L×S memory).
+
+    Returns:
+        float64 tensor ``(*batch, L, dv)`` (``(*batch, len(rows), dv)`` when ``rows`` is given).
+    """
+    q, k, v = query.double(), key.double(), value.double()
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    if isinstance(scale, Tensor):
+        scale = scale.double()
+    mask = attn_mask
+    if mask is not None:
+        mask = mask.expand(*q.shape[:-1], k.shape[-2])
+    if rows is not None:
+        q = q[..., rows, :]
+        if mask is not None:
+            mask = mask[..., rows, :]
+    a, b, c = coefficients
+    s = scale * (q @ k.transpose(-1, -2))  # (*batch, L, S)
+    w = a * s * s + b * s + c
+    if mask is not None:
+        w = torch.where(mask, w, torch.zeros_like(w))
+    den = w.sum(-1, keepdim=True)  # (*batch, L, 1)
+    safe = torch.where(den > 0, den, torch.ones_like(den))
+    return (w @ v) / safe
