@@ -1,0 +1,42 @@
+"""Shared test helpers: tolerances per dtype and input factories."""
+
+from __future__ import annotations
+
+import torch
+
+# Relative Frobenius error allowed against the float64 oracle (which sees the same rounded inputs).
+# Half-precision paths compute in float32, so their error is the rounding of the output itself.
+TOLERANCE = {
+    torch.float64: 1e-12,
+    torch.float32: 2e-5,
+    torch.bfloat16: 1e-2,
+    torch.float16: 2e-3,
+}
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    """Tolerance for ``dtype``; an unknown dtype is an error, never a silent skip."""
+    if dtype not in TOLERANCE:
+        raise KeyError(f"no tolerance defined for {dtype}: add one to tests/conftest.py")
+    return TOLERANCE[dtype]
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out − ref‖_F / ‖ref‖_F in float64 (absolute error if ref is zero)."""
+    out, ref = out.double(), ref.double()
+    den = ref.norm().item()
+    diff = (out - ref).norm().item()
+    return diff / den if den > 0 else diff
+
+
+def make_qkv(B, H, L, S, d, dv=None, dtype=torch.float32, seed=0, unit=False):
+    """Random q ``(B, H, L, d)``, k ``(B, H, S, d)``, v ``(B, H, S, dv)`` in ``dtype``."""
+    g = torch.Generator().manual_seed(seed)
+    dv = d if dv is None else dv
+    q = torch.randn(B, H, L, d, generator=g, dtype=torch.float64)
+    k = torch.randn(B, H, S, d, generator=g, dtype=torch.float64)
+    v = torch.randn(B, H, S, dv, generator=g, dtype=torch.float64)
+    if unit:
+        q = q / q.norm(dim=-1, keepdim=True)
+        k = k / k.norm(dim=-1, keepdim=True)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
