@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from conftest import rel_err
 
+from conftest import rel_err
 from taylorshift import TaylorShiftAttention, taylor_shift_attention_reference
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_qkv, rel_err, tolerance
 
+from conftest import make_qkv, rel_err, tolerance
 from taylorshift import taylor_shift_attention, taylor_shift_attention_reference
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 BACKENDS = ["direct", "efficient"]
+COEFFICIENTS = [(0.5, 1.0, 1.0), (1.0, 0.0, 0.1), (0.25, 1.0, 1.0), (1.0, 2.0, 1.0), (2.0, -1.0, 0.5)]
+MASK_KINDS = ["key_padding_4d", "key_padding_per_head", "key_1d", "general_2d", "general_4d", "causal_like"]
 
 
 def test_every_tested_dtype_has_a_tolerance():
@@ -64,7 +66,7 @@ def test_scale_variants(dtype, backend, scale_kind):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("coefficients", [(0.5, 1.0, 1.0), (1.0, 0.0, 0.1), (0.25, 1.0, 1.0), (1.0, 2.0, 1.0), (2.0, -1.0, 0.5)])
+@pytest.mark.parametrize("coefficients", COEFFICIENTS)
 def test_coefficients(backend, coefficients):
     q, k, v = make_qkv(1, 2, 33, 65, 8, dtype=torch.float64, seed=3)
     out = taylor_shift_attention(q, k, v, backend=backend, coefficients=coefficients)
@@ -94,7 +96,7 @@ def _masks(B, H, L, S, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("mask_kind", ["key_padding_4d", "key_padding_per_head", "key_1d", "general_2d", "general_4d", "causal_like"])
+@pytest.mark.parametrize("mask_kind", MASK_KINDS)
 @pytest.mark.parametrize("backend", BACKENDS + ["auto"])
 def test_masks_against_oracle(dtype, mask_kind, backend):
     B, H, L, S, d = 2, 3, 37, 90, 8

@@ -9,7 +9,8 @@ from taylorshift import resolve_backend, taylor_shift_attention
 
 
 def qkv(L=5, S=6, d=4, dv=3, dtype=torch.float32):
-    return torch.randn(2, 2, L, d, dtype=dtype), torch.randn(2, 2, S, d, dtype=dtype), torch.randn(2, 2, S, dv, dtype=dtype)
+    q = torch.randn(2, 2, L, d, dtype=dtype)
+    return q, torch.randn(2, 2, S, d, dtype=dtype), torch.randn(2, 2, S, dv, dtype=dtype)
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_qkv, rel_err
 
+from conftest import make_qkv, rel_err
 from taylorshift import taylor_shift_attention, taylor_shift_attention_reference
 
 BACKENDS = ["direct", "efficient"]
@@ -35,7 +35,7 @@ def test_gradients_match_oracle(dtype, tol, backend, masked, tensor_scale):
     _, g = _grads(taylor_shift_attention, q, k, v, scale, upstream, attn_mask=mask, backend=backend)
     _, g_ref = _grads(taylor_shift_attention_reference, q, k, v, scale, upstream.double(), attn_mask=mask)
     assert len(g) == len(g_ref) == (4 if tensor_scale else 3)
-    for name, a, b in zip(["dq", "dk", "dv", "dscale"], g, g_ref):
+    for name, a, b in zip(["dq", "dk", "dv", "dscale"], g, g_ref, strict=False):
         assert torch.isfinite(a).all(), name
         assert rel_err(a, b) <= tol, (name, rel_err(a, b))
 
@@ -46,7 +46,7 @@ def test_gradients_equal_across_backends_general_shapes():
     scale = torch.tensor(1.3, dtype=torch.float64)
     _, gd = _grads(taylor_shift_attention, q, k, v, scale, up, backend="direct", coefficients=(1.0, 0.5, 0.3))
     _, ge = _grads(taylor_shift_attention, q, k, v, scale, up, backend="efficient", coefficients=(1.0, 0.5, 0.3))
-    for a, b in zip(gd, ge):
+    for a, b in zip(gd, ge, strict=True):
         assert rel_err(a, b) < 1e-11
 
 
@@ -81,7 +81,9 @@ def test_padding_invariance(backend, dtype, tol):
     up = torch.randn(B, H, L, d, generator=g, dtype=dtype)
 
     out, (dq, dk, dv) = _grads(taylor_shift_attention, q, k, v, 1.0, up, backend=backend)
-    out_p, (dq_p, dk_p, dv_p) = _grads(taylor_shift_attention, q, k_pad, v_pad, 1.0, up, attn_mask=mask, backend=backend)
+    out_p, (dq_p, dk_p, dv_p) = _grads(
+        taylor_shift_attention, q, k_pad, v_pad, 1.0, up, attn_mask=mask, backend=backend
+    )
     assert rel_err(out_p, out) <= tol
     assert rel_err(dq_p, dq) <= tol
     assert rel_err(dk_p[..., :S, :], dk) <= tol
@@ -104,7 +106,8 @@ def test_fully_masked_rows_are_zero_with_finite_gradients(backend):
         mask[1] = False  # all keys of sequence 1 padded
         empty = ~mask.expand(B, H, L, S).any(-1)
     up = torch.randn(B, H, L, d, dtype=torch.float64)
-    out, grads = _grads(taylor_shift_attention, q, k, v, torch.tensor(1.0, dtype=torch.float64), up, attn_mask=mask, backend=backend)
+    one = torch.tensor(1.0, dtype=torch.float64)
+    out, grads = _grads(taylor_shift_attention, q, k, v, one, up, attn_mask=mask, backend=backend)
     assert (out[empty] == 0).all()
     assert torch.isfinite(out).all()
     for gr in grads:

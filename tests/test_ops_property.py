@@ -4,10 +4,10 @@ with each other and with the float64 oracle."""
 from __future__ import annotations
 
 import torch
-from conftest import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import rel_err
 from taylorshift import taylor_shift_attention, taylor_shift_attention_reference
 
 

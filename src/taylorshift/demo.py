@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         for n in args.lengths:
             q, k, v = torch.randn(3, 1, args.heads, n, d).unbind(0)
             with torch.inference_mode():
-                t = {b: _median_ms(lambda b=b: taylor_shift_attention(q, k, v, backend=b), args.repeats)
+                t = {b: _median_ms(lambda b=b, q=q, k=k, v=v: taylor_shift_attention(q, k, v, backend=b),
+                                   args.repeats)
                      for b in ("direct", "efficient")}
             print("   " + f"{d:>4} {n:>6} {t['direct']:>10.2f} {t['efficient']:>13.2f} "
                   f"{t['direct'] / t['efficient']:>10.2f}x")

@@ -1,23 +1,56 @@
-"""Complexity model of TaylorShift attention: FLOPs, memory and crossover points (pure Python)."""
+"""Cost model of TaylorShift attention: FLOPs, memory and crossover points (pure Python, no torch).
+
+See ``docs/complexity.md`` for the derivation and :mod:`taylorshift.analysis.complexity` for the conventions.
+"""
 
 from taylorshift.analysis.complexity import (
+    BACKENDS,
+    BACKWARD_FACTOR,
+    BASELINES,
     CRITERIA,
     FORMS,
+    MODES,
+    HeadSplit,
+    Term,
+    cost_ratio,
     crossover,
     crossover_exact,
+    flop_terms,
+    flops,
     flops_direct,
     flops_efficient,
+    head_split,
+    matmul_flops,
+    memory_bytes,
+    memory_entries,
+    memory_terms,
+    multihead_table,
     num_features,
     second_order_features,
 )
 
 __all__ = [
+    "BACKENDS",
+    "BACKWARD_FACTOR",
+    "BASELINES",
     "CRITERIA",
     "FORMS",
+    "MODES",
+    "HeadSplit",
+    "Term",
+    "cost_ratio",
     "crossover",
     "crossover_exact",
+    "flop_terms",
+    "flops",
     "flops_direct",
     "flops_efficient",
+    "head_split",
+    "matmul_flops",
+    "memory_bytes",
+    "memory_entries",
+    "memory_terms",
+    "multihead_table",
     "num_features",
     "second_order_features",
 ]

@@ -109,7 +109,9 @@ class TaylorShiftAttention(nn.Module):
             if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool:
                 raise TypeError("key_padding_mask must be a bool tensor (B, N) with True = padding")
             if tuple(key_padding_mask.shape) != (B, N):
-                raise ValueError(f"key_padding_mask must have shape (B, N) = {(B, N)}, got {tuple(key_padding_mask.shape)}")
+                raise ValueError(
+                    f"key_padding_mask must have shape (B, N) = {(B, N)}, got {tuple(key_padding_mask.shape)}"
+                )
         H, d = self.num_heads, self.head_dim
         q, k, v = self.qkv(x).view(B, N, 3, H, d).permute(2, 0, 3, 1, 4)  # each (B, H, N, d)
         scale = None

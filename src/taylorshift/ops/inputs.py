@@ -73,7 +73,7 @@ def check_coefficients(coefficients: object) -> tuple[float, float, float]:
     """
     if not isinstance(coefficients, (tuple, list)) or len(coefficients) != 3:
         raise ValueError(f"coefficients must be a tuple (a, b, c) of three numbers, got {coefficients!r}")
-    for name, value in zip("abc", coefficients):
+    for name, value in zip("abc", coefficients, strict=True):
         if isinstance(value, bool) or not isinstance(value, Real):
             raise TypeError(f"coefficients: {name} must be a real number, got {type(value).__name__}")
         if not math.isfinite(float(value)):
@@ -98,7 +98,9 @@ def _check_tensor(name: str, t: object) -> Tensor:
             f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {t.dtype}"
         )
     if t.dim() < 2:
-        raise ValueError(f"{name} must have shape (*batch, length, features) with at least 2 dims, got {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must have shape (*batch, length, features) with at least 2 dims, got {tuple(t.shape)}"
+        )
     return t
 
 
