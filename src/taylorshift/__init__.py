@@ -2,19 +2,41 @@
 
 ``taylor_shift_attention`` is the functional op (direct, efficient or auto backend),
 ``TaylorShiftAttention`` the paper's multi-head module, ``taylorshift.analysis`` the cost model.
+
+The torch-based names are imported lazily, so ``taylorshift.analysis`` (pure Python) works without torch.
 """
 
-from taylorshift import analysis
-from taylorshift.nn import TaylorShiftAttention
-from taylorshift.ops import resolve_backend, taylor_shift_attention, taylor_shift_attention_reference
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "TaylorShiftAttention",
-    "__version__",
-    "analysis",
-    "resolve_backend",
-    "taylor_shift_attention",
-    "taylor_shift_attention_reference",
-]
+_LAZY = {
+    "TaylorShiftAttention": "taylorshift.nn",
+    "resolve_backend": "taylorshift.ops",
+    "taylor_shift_attention": "taylorshift.ops",
+    "taylor_shift_attention_reference": "taylorshift.ops",
+}
+
+__all__ = ["__version__", "analysis", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from taylorshift import analysis
+    from taylorshift.nn import TaylorShiftAttention
+    from taylorshift.ops import resolve_backend, taylor_shift_attention, taylor_shift_attention_reference
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name == "analysis":
+        return importlib.import_module("taylorshift.analysis")
+    raise AttributeError(f"module 'taylorshift' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,7 +1,7 @@
 """The ``taylorshift`` command line: one entry point, one module per subcommand.
 
-Each subcommand module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``;
-heavy imports (matplotlib, the benchmark machinery) happen inside ``run``.
+Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``. Only the module of the
+command being run is imported, so ``taylorshift crossover`` works without torch and ``--help`` is fast.
 """
 
 from __future__ import annotations
@@ -10,37 +10,48 @@ import argparse
 import importlib
 import sys
 
-# name -> module implementing it
-COMMANDS: dict[str, str] = {
-    "demo": "taylorshift.demo",
-    "crossover": "taylorshift.analysis.cli",
-    "bench": "taylorshift.bench.cli_bench",
-    "scaling": "taylorshift.bench.cli_scaling",
+# name -> (module implementing it, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "taylorshift.demo",
+        "quick self-check: direct vs efficient agreement, theoretical crossovers, timings on this machine",
+    ),
+    "crossover": (
+        "taylorshift.analysis.cli",
+        "analytic crossover lengths N0 above which efficient TaylorShift beats direct (FLOPs and memory)",
+    ),
+    "bench": (
+        "taylorshift.bench.cli_bench",
+        "measure time and memory of direct, efficient, SDPA and naive softmax attention over N; CSV, JSON, plots",
+    ),
+    "scaling": (
+        "taylorshift.bench.cli_scaling",
+        "norms of the efficient path's intermediate results vs N and d, with and without normalisation",
+    ),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; only ``command``'s options are added (and its module imported)."""
     parser = argparse.ArgumentParser(
         prog="taylorshift",
         description="TaylorShift attention: exact Taylor-softmax attention in quadratic (direct) or "
-        "linear (efficient) time. Run 'taylorshift <command> --help' for each command.",
+        "linear (efficient) time. Run 'taylorshift <command> --help' for each command's options.",
     )
     sub = parser.add_subparsers(dest="command", metavar="<command>")
-    for name, module_name in COMMANDS.items():
-        try:
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name is not None and err.name.startswith("taylorshift"):
-                continue  # command not built yet in this checkout
-            raise
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()

@@ -301,9 +301,7 @@ def flops_efficient(L: int, S: int, d: int, dv: int | None = None, form: Form = 
 # memory
 
 
-def _memory_phases(
-    backend: str, L: int, S: int, d: int, dv: int, form: str, mode: str
-) -> list[tuple[Term, ...]]:
+def _memory_phases(backend: str, L: int, S: int, d: int, dv: int, form: str, mode: str) -> list[tuple[Term, ...]]:
     """Candidate peaks: the tensors alive at each step where the live set is largest."""
     act, grad = "activation", "gradient"
     LS = L * S
@@ -623,9 +621,7 @@ class HeadSplit:
         return self.memory_efficient / self.memory_direct
 
 
-def head_split(
-    d: int, heads: int = 1, *, n: int = 4096, form: Form = "full", mode: Mode = "forward"
-) -> HeadSplit:
+def head_split(d: int, heads: int = 1, *, n: int = 4096, form: Form = "full", mode: Mode = "forward") -> HeadSplit:
     """Costs of one attention layer of ``heads`` heads of size ``d`` (every head costs the same).
 
     Args:
