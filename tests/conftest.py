@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 # Relative Frobenius error allowed against the float64 oracle (which sees the same rounded inputs).
@@ -40,3 +41,9 @@ def make_qkv(B, H, L, S, d, dv=None, dtype=torch.float32, seed=0, unit=False):
         q = q / q.norm(dim=-1, keepdim=True)
         k = k / k.norm(dim=-1, keepdim=True)
     return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test sees an empty cache dir, so a user's stored calibration never changes dispatch."""
+    monkeypatch.setenv("TAYLORSHIFT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))

@@ -125,7 +125,8 @@ def test_resolve_backend_follows_the_analytic_crossover():
     from taylorshift.analysis import crossover
 
     d = 8
-    n0 = crossover(d)  # 73
+    n0 = crossover(d, form="symmetric")  # (d+1)(d+2)/2 = 45: the implemented feature form
+    assert n0 == 45
     for n, expected in [(n0 - 1, "direct"), (n0 + 1, "efficient"), (4 * n0, "efficient"), (8, "direct")]:
         q = torch.randn(1, 1, n, d)
         assert resolve_backend(q, q, q) == expected, n

@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "taylorshift.bench.cli_bench",
         "measure time and memory of direct, efficient, SDPA and naive softmax attention over N; CSV, JSON, plots",
     ),
+    "calibrate": (
+        "taylorshift.bench.cli_calibrate",
+        "measure this machine's direct/efficient crossover per head size and store it for backend='auto'",
+    ),
     "scaling": (
         "taylorshift.bench.cli_scaling",
         "norms of the efficient path's intermediate results vs N and d, with and without normalisation",

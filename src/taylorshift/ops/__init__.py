@@ -1,7 +1,7 @@
 """Tensor-level TaylorShift operators: the float64 oracle, the direct and efficient forms, and dispatch."""
 
 from taylorshift.ops.dispatch import Backend, resolve_backend, taylor_shift_attention
-from taylorshift.ops.efficient import feature_map
+from taylorshift.ops.features import FORMS, feature_dim, taylor_features
 from taylorshift.ops.inputs import BACKENDS, DEFAULT_COEFFICIENTS, check_coefficients
 from taylorshift.ops.reference import taylor_shift_attention_reference
 
@@ -10,7 +10,9 @@ __all__ = [
     "DEFAULT_COEFFICIENTS",
     "Backend",
     "check_coefficients",
-    "feature_map",
+    "FORMS",
+    "feature_dim",
+    "taylor_features",
     "resolve_backend",
     "taylor_shift_attention",
     "taylor_shift_attention_reference",

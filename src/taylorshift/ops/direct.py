@@ -1,37 +1,100 @@
-"""Direct TaylorShift: the O(L·S·d) form that materialises the L×S weight matrix."""
+"""Direct TaylorShift: the O(L·S·d) form, in query blocks with a recomputing backward.
+
+Per block of queries: ``s = q̃ Kᵀ`` ``(*batch, block, S)``, weights ``w = p(s)`` zeroed where masked,
+``out = (w V) / rowsum(w)``. Only one block's ``block × S`` matrices exist at a time, so extra memory is
+``O(block·S)`` instead of ``O(L·S)``; the backward recomputes ``s`` and ``w`` block by block
+(flash-attention style) and stores only ``q̃, K, V``, the output and the row sums.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from taylorshift.ops.common import no_double_backward, safe_divide, safe_reciprocal, spans
 from taylorshift.ops.inputs import AttentionInputs
 
 
-def safe_divide(num: Tensor, den: Tensor) -> Tensor:
-    """``num / den`` where ``den > 0``, else 0 (rows without attendable keys); gradients stay finite."""
-    ok = den > 0
-    return (num / den.masked_fill(~ok, 1.0)).masked_fill(~ok, 0.0)
+def default_block_size(batch: int, S: int) -> int:
+    """Query rows per block so that one ``(batch, block, S)`` matrix holds about 2²¹ entries (8 MiB fp32):
+    small enough to stay in cache, which makes the memory-bound elementwise work faster than one big pass."""
+    return int(min(4096, max(16, (1 << 21) // max(1, batch * S))))
 
 
-def direct_attention(inp: AttentionInputs) -> Tensor:
-    """Direct TaylorShift on validated inputs in their compute dtype.
+def _block_mask(mask: Tensor | None, l0: int, l1: int) -> Tensor | None:
+    if mask is None or mask.dim() < 2 or mask.shape[-2] == 1:
+        return mask
+    return mask[..., l0:l1, :]
 
-    ``s = (scale·Q) Kᵀ`` ``(*batch, L, S)``, weights ``p(s)`` zeroed where the mask is False, then
-    ``(p V) / rowsum(p)``. Any mask broadcastable to ``(*batch, L, S)`` is supported.
+
+def _weights(qs_b: Tensor, k: Tensor, coefficients, mask_b: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Logits ``s`` and masked weights ``p(s)`` of one query block (two fresh buffers)."""
+    a, b, c = coefficients
+    s = qs_b @ k.transpose(-1, -2)  # (*batch, block, S)
+    w = torch.mul(s, a).add_(b).mul_(s).add_(c)  # p(s) = (a s + b) s + c
+    if mask_b is not None:
+        w.masked_fill_(~mask_b, 0.0)
+    return s, w
+
+
+class _BlockedDirect(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qs, k, v, mask, coefficients, block):  # noqa: D102
+        batch = torch.broadcast_shapes(qs.shape[:-2], k.shape[:-2], v.shape[:-2])
+        L = qs.shape[-2]
+        out = qs.new_empty((*batch, L, v.shape[-1]))
+        den = qs.new_empty((*batch, L, 1))
+        for l0, l1 in spans(L, block):
+            _, w = _weights(qs[..., l0:l1, :], k, coefficients, _block_mask(mask, l0, l1))
+            torch.sum(w, dim=-1, keepdim=True, out=den[..., l0:l1, :])
+            out[..., l0:l1, :] = safe_divide(w @ v, den[..., l0:l1, :])
+        ctx.save_for_backward(qs, k, v, out, den)
+        ctx.mask, ctx.coefficients, ctx.block = mask, coefficients, block
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):  # noqa: D102
+        no_double_backward()
+        qs, k, v, out, den = ctx.saved_tensors
+        mask, (a, b, _), block = ctx.mask, ctx.coefficients, ctx.block
+        inv = safe_reciprocal(den)  # (*batch, L, 1)
+        need_q, need_k, need_v = ctx.needs_input_grad[:3]
+        dqs = torch.empty_like(qs) if need_q else None
+        dk = torch.zeros_like(k) if need_k else None
+        dv = torch.zeros_like(v) if need_v else None
+        for l0, l1 in spans(qs.shape[-2], block):
+            mask_b = _block_mask(mask, l0, l1)
+            q_b = qs[..., l0:l1, :]
+            s, w = _weights(q_b, k, ctx.coefficients, mask_b)
+            g = dout[..., l0:l1, :] * inv[..., l0:l1, :]  # (*batch, block, dv)
+            if need_v:
+                dv += w.transpose(-1, -2) @ g
+            # ∂out_i/∂w_ij = (v_j − out_i) / den_i;  ∂w/∂s = 2 a s + b (0 where masked)
+            dw = torch.matmul(g, v.transpose(-1, -2), out=w)  # reuse w's buffer
+            dw -= (g * out[..., l0:l1, :]).sum(-1, keepdim=True)
+            ds = s.mul_(2 * a).add_(b).mul_(dw)
+            if mask_b is not None:
+                ds.masked_fill_(~mask_b, 0.0)
+            if need_q:
+                dqs[..., l0:l1, :] = ds @ k
+            if need_k:
+                dk += ds.transpose(-1, -2) @ q_b
+        return dqs, dk, dv, None, None, None
+
+
+def direct_attention(inp: AttentionInputs, block_size: int | None = None) -> Tensor:
+    """Direct TaylorShift on validated inputs in their compute dtype; any mask.
+
+    Args:
+        inp: validated inputs (see :func:`taylorshift.ops.inputs.check_inputs`), already cast.
+        block_size: query rows per block; default :func:`default_block_size`.
 
     Returns:
         ``(*batch, L, dv)`` in the compute dtype.
     """
-    a, b, c = inp.coefficients
-    s = (inp.q * inp.scale) @ inp.k.transpose(-1, -2)  # (*batch, L, S)
-    if torch.is_grad_enabled() and s.requires_grad:
-        w = (a * s + b) * s + c  # p(s) by Horner's rule
-        if inp.mask is not None:
-            w = w.masked_fill(~inp.mask, 0.0)
-    else:  # inference: the same arithmetic in place, one L×S buffer fewer
-        w = torch.mul(s, a).add_(b).mul_(s).add_(c)
-        if inp.mask is not None:
-            w.masked_fill_(~inp.mask, 0.0)
-    den = w.sum(-1, keepdim=True)  # (*batch, L, 1)
-    return safe_divide(w @ inp.v, den)
+    q, k, v = inp.q, inp.k, inp.v
+    if block_size is None:
+        block_size = default_block_size(q.shape[:-2].numel(), k.shape[-2])
+    elif isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
+    return _BlockedDirect.apply(q * inp.scale, k, v, inp.mask, inp.coefficients, block_size)

@@ -7,8 +7,9 @@ from typing import Literal
 from torch import Tensor
 
 from taylorshift.analysis.complexity import flops_direct, flops_efficient
+from taylorshift.ops.calibration import lookup_ratio
 from taylorshift.ops.direct import direct_attention
-from taylorshift.ops.efficient import efficient_attention
+from taylorshift.ops.efficient import DEFAULT_FORM, efficient_attention
 from taylorshift.ops.inputs import DEFAULT_COEFFICIENTS, AttentionInputs, check_backend, check_inputs
 
 Backend = Literal["auto", "direct", "efficient"]
@@ -35,7 +36,10 @@ def _choose(inp: AttentionInputs, backend: str) -> str:
     L, S, d, dv = inp.q.shape[-2], inp.k.shape[-2], inp.q.shape[-1], inp.v.shape[-1]
     if min(L, S, dv) == 0:
         return "direct"
-    return "efficient" if flops_efficient(L, S, d, dv) < flops_direct(L, S, d, dv) else "direct"
+    # ρ rescales the analytic model to this machine's measured crossover (1 without a calibration)
+    ratio = lookup_ratio(inp.q.device.type, str(inp.out_dtype), d) or 1.0
+    efficient_cost = ratio * flops_efficient(L, S, d, dv, form=DEFAULT_FORM)
+    return "efficient" if efficient_cost < flops_direct(L, S, d, dv) else "direct"
 
 
 def resolve_backend(
@@ -48,9 +52,11 @@ def resolve_backend(
 ) -> str:
     """Name of the backend that :func:`taylor_shift_attention` would run for these arguments.
 
-    ``"auto"`` picks ``"efficient"`` when the analytic FLOP model (:mod:`taylorshift.analysis`) says it is
-    cheaper than ``"direct"`` for these ``L, S, d, dv`` (for ``L = S = N``, ``dv = d``: when
-    ``N > d² + d + 1``), and ``"direct"`` otherwise or when the mask is not a key-padding mask.
+    ``"auto"`` picks ``"efficient"`` when it is cheaper than ``"direct"`` for these ``L, S, d, dv`` and
+    ``"direct"`` otherwise or when the mask is not a key-padding mask. "Cheaper" is this machine's measured
+    crossover when ``taylorshift calibrate`` has stored one for the device type, dtype and head size (see
+    :mod:`taylorshift.ops.calibration`), else the analytic FLOP model of the implemented symmetric form
+    (:mod:`taylorshift.analysis`; for ``L = S = N``, ``dv = d``: efficient when ``N > (d+1)(d+2)/2``).
 
     Returns:
         ``"direct"`` or ``"efficient"``.

@@ -1,17 +1,21 @@
-"""Efficient TaylorShift: the linear-in-length tensor-product form.
+"""Efficient TaylorShift: the linear-in-length tensor-product form, streamed in chunks.
 
-With ``p(s) = a s² + b s + c`` and ``(q·k)² = (q⊠q)·(k⊠k)`` (``⊠`` = flattened outer product of a row
-with itself) every weight is an inner product of feature vectors:
+Every weight is an inner product of features (see :mod:`taylorshift.ops.features`):
+``p(q̃·k) = φ_q(q̃)·φ_k(k)`` with ``q̃ = scale·q``. Hence, with ``V' = [V | 1]``,
 
-    p(q̃·k) = φ_q(q̃) · φ_k(k),   φ_q(x) = [a·x⊠x, b·x, c],   φ_k(x) = [x⊠x, x, 1],
+    Σ_j p(q̃_i·k_j) [v_j | 1] = φ_q(q̃_i) · Z,    Z = Σ_j φ_k(k_j) v'_jᵀ   (the state, F × (dv+1)),
 
-where ``q̃ = scale·q``. So ``Σ_j p(q̃_i·k_j) [v_j | 1] = φ_q(q̃_i) · (Φ_kᵀ V')`` with ``V' = [V | 1]``:
-the numerator and (in the last column, the "ones-column trick") the denominator come out of one
-contraction, and no L×S matrix is formed. The ``F × (dv+1)`` matrix ``Φ_kᵀ V'`` (``F = d² + d + 1``) is
-the *state*; a causal or chunked variant accumulates it over key blocks with :func:`key_state`.
+so the numerator and, in the last column (the "ones-column trick"), the denominator come from one
+contraction and no L×S matrix is formed.
 
-Numerics: ``V'`` is divided by the number of key positions ``S`` (it cancels in the ratio), so the state
-is an average and stays ``O(max |v|)`` for any length; fp16/bf16 inputs are computed in float32.
+Streaming. Keys are folded into ``Z`` chunk by chunk and queries read ``Z`` chunk by chunk, so the
+``N × F`` feature tensors are never held whole: extra memory is ``O(chunk·F + F·dv)`` per head. The custom
+backward recomputes the features chunk by chunk, so training stores only ``q̃, k, V'``, the output, the
+denominator and ``Z``: ``O(N·d + F·dv)``. A causal variant reuses :func:`accumulate_state` and
+:func:`read_state` with a running state.
+
+Numerics. ``V'`` is divided by the number of key positions ``S`` (it cancels in the ratio), so ``Z`` is an
+average and stays ``O(max |v|)`` at any length; fp16/bf16 inputs are computed in float32.
 """
 
 from __future__ import annotations
@@ -19,25 +23,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from taylorshift.ops.direct import safe_divide
+from taylorshift.ops.common import no_double_backward, safe_divide, safe_reciprocal, spans
+from taylorshift.ops.features import (
+    Form,
+    check_form,
+    feature_dim,
+    feature_weights,
+    taylor_features,
+    taylor_features_backward,
+)
 from taylorshift.ops.inputs import AttentionInputs
 
+DEFAULT_FORM: Form = "symmetric"
 
-def feature_map(x: Tensor, weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Tensor:
-    """Second-order Taylor features ``[w2·x⊠x, w1·x, w0]``.
 
-    Args:
-        x: ``(*batch, N, d)``.
-        weights: ``(w2, w1, w0)``; queries use the polynomial coefficients ``(a, b, c)``, keys ones.
-
-    Returns:
-        ``(*batch, N, d² + d + 1)``.
-    """
-    w2, w1, w0 = weights
-    second = (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)  # (*batch, N, d²)
-    parts = [second * w2 if w2 != 1.0 else second, x * w1 if w1 != 1.0 else x]
-    parts.append(x.new_full((*x.shape[:-1], 1), w0))
-    return torch.cat(parts, dim=-1)
+def default_chunk_size(batch: int, F: int) -> int:
+    """Rows per chunk so that one ``(batch, F, chunk)`` feature buffer holds about 2²¹ entries (8 MiB fp32),
+    between 128 and 1024 rows (measured fastest on a 2-core AVX-512 CPU, see docs/benchmarks.md)."""
+    return int(min(1024, max(128, (1 << 21) // max(1, batch * F))))
 
 
 def augment_values(v: Tensor, key_mask: Tensor | None, norm: float) -> Tensor:
@@ -58,21 +61,88 @@ def augment_values(v: Tensor, key_mask: Tensor | None, norm: float) -> Tensor:
     return vp
 
 
-def key_state(k: Tensor, vp: Tensor) -> Tensor:
-    """State ``Φ_k(K)ᵀ V'``: ``k (*batch, S, d)``, ``vp (*batch, S, dv+1)`` → ``(*batch, F, dv+1)``."""
-    return feature_map(k).transpose(-1, -2) @ vp
+def accumulate_state(state: Tensor, k: Tensor, vp: Tensor, form: Form, chunk: int) -> Tensor:
+    """``state += Σ_j φ(k_j) v'_jᵀ`` over the rows of ``k (*batch, S, d)``, ``vp (*batch, S, e)``, chunk by
+    chunk; ``state (*batch, F, e)`` (unweighted features) is updated in place and returned."""
+    for s0, s1 in spans(k.shape[-2], chunk):
+        phi = taylor_features(k[..., s0:s1, :], form)  # (*batch, F, c)
+        state += phi @ vp[..., s0:s1, :]
+    return state
 
 
-def apply_state(q: Tensor, state: Tensor, coefficients: tuple[float, float, float]) -> Tensor:
-    """Read a state with (already scaled) queries: ``q (*batch, L, d)`` → ``(*batch, L, dv)``."""
-    y = feature_map(q, coefficients) @ state  # (*batch, L, dv + 1)
-    return safe_divide(y[..., :-1], y[..., -1:])
+def read_state(qs: Tensor, weighted_state: Tensor, form: Form, chunk: int) -> tuple[Tensor, Tensor]:
+    """Read ``diag(w)·state`` ``(*batch, F, dv+1)`` with scaled queries ``qs (*batch, L, d)``.
+
+    Returns:
+        ``out (*batch, L, dv)`` (numerator / denominator, 0 where the denominator is 0) and
+        ``den (*batch, L, 1)``.
+    """
+    L, e = qs.shape[-2], weighted_state.shape[-1]
+    y = qs.new_empty((*qs.shape[:-1], e))
+    for l0, l1 in spans(L, chunk):
+        phi = taylor_features(qs[..., l0:l1, :], form)  # (*batch, F, c)
+        y[..., l0:l1, :] = phi.transpose(-1, -2) @ weighted_state
+    den = y[..., -1:]
+    return safe_divide(y[..., :-1], den), den
 
 
-def efficient_attention(inp: AttentionInputs) -> Tensor:
+class _StreamingEfficient(torch.autograd.Function):
+    """Chunked forward and recomputing backward of ``out = num/den``,
+    ``[num | den] = φ(q̃)ᵀ diag(w) Σ_j φ(k_j) v'_jᵀ``."""
+
+    @staticmethod
+    def forward(ctx, qs, k, vp, coefficients, form, chunk):  # noqa: D102
+        batch = torch.broadcast_shapes(qs.shape[:-2], k.shape[:-2], vp.shape[:-2])
+        d = k.shape[-1]
+        w = feature_weights(d, form, coefficients, dtype=k.dtype, device=k.device).unsqueeze(-1)  # (F, 1)
+        state = accumulate_state(k.new_zeros((*batch, feature_dim(d, form), vp.shape[-1])), k, vp, form, chunk)
+        weighted = state.mul_(w)  # the state is only needed weighted from here on
+        out, den = read_state(qs, weighted, form, chunk)
+        ctx.save_for_backward(qs, k, vp, weighted, w, out, den)
+        ctx.form, ctx.chunk = form, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):  # noqa: D102
+        no_double_backward()
+        qs, k, vp, weighted, w, out, den = ctx.saved_tensors
+        form, chunk = ctx.form, ctx.chunk
+        g = dout * safe_reciprocal(den)  # (*batch, L, dv)
+        dy = torch.cat([g, -(g * out).sum(-1, keepdim=True)], dim=-1)  # (*batch, L, dv+1)
+        need_q, need_k, need_v = ctx.needs_input_grad[:3]
+        dqs = torch.empty_like(qs) if need_q else None
+        dweighted = torch.zeros_like(weighted)  # gradient of diag(w)·state
+        for l0, l1 in spans(qs.shape[-2], chunk):
+            q_c, dy_c = qs[..., l0:l1, :], dy[..., l0:l1, :]
+            phi = taylor_features(q_c, form)  # (*batch, F, c)
+            dweighted += phi @ dy_c
+            if need_q:
+                dphi = torch.matmul(weighted, dy_c.transpose(-1, -2), out=phi)  # reuse the buffer
+                dqs[..., l0:l1, :] = taylor_features_backward(q_c, dphi, form)
+        dstate = dweighted.mul_(w)
+        dk = torch.empty_like(k) if need_k else None
+        dvp = torch.empty_like(vp) if need_v else None
+        if need_k or need_v:
+            for s0, s1 in spans(k.shape[-2], chunk):
+                k_c = k[..., s0:s1, :]
+                phi = taylor_features(k_c, form)  # (*batch, F, c)
+                if need_v:
+                    dvp[..., s0:s1, :] = phi.transpose(-1, -2) @ dstate
+                if need_k:
+                    dphi = torch.matmul(dstate, vp[..., s0:s1, :].transpose(-1, -2), out=phi)
+                    dk[..., s0:s1, :] = taylor_features_backward(k_c, dphi, form)
+        return dqs, dk, dvp, None, None, None
+
+
+def efficient_attention(inp: AttentionInputs, form: Form = DEFAULT_FORM, chunk_size: int | None = None) -> Tensor:
     """Efficient TaylorShift on validated inputs in their compute dtype.
 
     Supports only masks that depend on the key alone (broadcastable to ``(*batch, 1, S)``).
+
+    Args:
+        inp: validated inputs (see :func:`taylorshift.ops.inputs.check_inputs`), already cast.
+        form: ``"symmetric"`` (default, ``d(d+1)/2`` second-order features) or ``"full"`` (the paper's ``d²``).
+        chunk_size: rows per chunk; default :func:`default_chunk_size`.
 
     Returns:
         ``(*batch, L, dv)`` in the compute dtype.
@@ -82,6 +152,13 @@ def efficient_attention(inp: AttentionInputs) -> Tensor:
             "backend='efficient' supports only key-padding masks broadcastable to (*batch, 1, S); "
             f"got attn_mask of shape {tuple(inp.mask.shape)}. Use backend='direct' or 'auto' for general masks."
         )
-    S = inp.k.shape[-2]
-    vp = augment_values(inp.v, inp.mask, float(max(S, 1)))
-    return apply_state(inp.q * inp.scale, key_state(inp.k, vp), inp.coefficients)
+    form = check_form(form)
+    q, k, v = inp.q, inp.k, inp.v
+    S, d = k.shape[-2], k.shape[-1]
+    if chunk_size is None:
+        chunk_size = default_chunk_size(k.shape[:-2].numel(), feature_dim(d, form))
+    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    vp = augment_values(v, inp.mask, float(max(S, 1)))
+    qs = q * inp.scale
+    return _StreamingEfficient.apply(qs, k, vp, inp.coefficients, form, chunk_size)

@@ -1,0 +1,89 @@
+"""``taylorshift calibrate``: measure this machine's direct/efficient crossover and store it for ``auto``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--head-dims", type=_positive_int, nargs="+", default=[16, 32, 64], metavar="d",
+                        help="head sizes to calibrate (default: 16 32 64)")
+    parser.add_argument("--heads", type=_positive_int, default=8, help="heads H of the timed problem (default 8)")
+    parser.add_argument("--batch", type=_positive_int, default=1, help="batch size B of the timed problem (default 1)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="input dtype (default float32)")
+    parser.add_argument("--device", default="cpu", help="device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--lengths", type=_positive_int, nargs="+", default=None, metavar="N",
+                        help="lengths to time (default: 13 lengths spaced by √2 around the analytic crossover)")
+    parser.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats per point; median (default 3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer lengths (7, spaced by 2 around the analytic crossover) and 2 repeats")
+    parser.add_argument("--dry-run", action="store_true", help="measure and print, but do not store")
+    parser.add_argument("--show", action="store_true", help="only print the stored calibration and exit")
+
+
+def _show() -> int:
+    from taylorshift.ops.calibration import calibration_path, load_entries
+
+    entries = load_entries()
+    print(f"calibration file: {calibration_path()} ({len(entries)} entries)")
+    for key, e in sorted(entries.items()):
+        print(f"  {key}: n0 = {e['n0']:.0f} (model {e['n0_model']:.0f}, ratio {e['n0'] / e['n0_model']:.2f}), "
+              f"worst slowdown at measured N {e['max_slowdown']:.3f}, {e.get('meta', {}).get('date', '?')}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.show:
+        return _show()
+    import torch
+
+    from taylorshift.bench.calibrate import calibrate_head_dim, calibration_entries, default_lengths
+    from taylorshift.ops.calibration import save_entries
+
+    try:
+        torch.empty(0, device=args.device)
+    except (RuntimeError, AssertionError) as err:
+        print(f"error: --device {args.device!r} is not available: {err}", file=sys.stderr)
+        return 2
+    dtype = getattr(torch, args.dtype)
+    repeats = 2 if args.quick else args.repeats
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is in the bench extra
+        tqdm = None
+    results = []
+    for d in args.head_dims:
+        lengths = args.lengths or (default_lengths(d, span=6)[::2] if args.quick else default_lengths(d))
+        bar = tqdm(total=len(lengths), desc=f"calibrate d={d}", file=sys.stderr) if tqdm else None
+
+        def progress(msg: str, bar=bar) -> None:
+            if bar is not None:
+                bar.set_postfix_str(msg.split(": ", 1)[1])
+                bar.update(1)
+
+        results.append(calibrate_head_dim(d, heads=args.heads, batch=args.batch, dtype=dtype, device=args.device,
+                                          lengths=lengths, repeats=repeats, progress=progress))
+        if bar is not None:
+            bar.close()
+    print(f"{'d':>4} {'N0 model':>9} {'N0 measured':>12} {'ratio':>6} {'worst slowdown':>15}")
+    for r in results:
+        print(f"{r.d:>4} {r.n0_model:>9.0f} {r.n0:>12.0f} {r.ratio:>6.2f} {r.max_slowdown:>15.3f}")
+    if args.dry_run:
+        print("dry run: nothing stored")
+    else:
+        path = save_entries(calibration_entries(results))
+        print(f"stored in {path}; backend='auto' now uses it for {args.device}/{args.dtype}")
+    return 0

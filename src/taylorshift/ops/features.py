@@ -1,0 +1,120 @@
+"""Second-order Taylor feature maps (feature-major layout) and their backward.
+
+Every TaylorShift weight is an inner product of features:
+
+    p(q̃·k) = a (q̃·k)² + b q̃·k + c = φ(q̃)ᵀ diag(w) φ(k),
+
+* ``form="full"`` (the paper's): ``φ(x) = [x⊠x, x, 1]`` with all ``d²`` products ``x_i x_j`` and
+  ``w = [a·1_{d²}, b·1_d, c]``; ``F = d² + d + 1``.
+* ``form="symmetric"``: ``x⊠x`` is symmetric, so only the ``d(d+1)/2`` products with ``i ≤ j`` are kept
+  and the off-diagonal ones get weight ``2a`` (``Σ_{i≤j} m_ij q_i q_j k_i k_j = (q·k)²`` with
+  ``m_ii = 1``, ``m_ij = 2``); ``F = d(d+1)/2 + d + 1``, about half the work of the dominant term.
+
+The weights ``w`` are applied to the (small) state, never to the ``N × F`` features, so both sides use the
+same unweighted map. Features are built **feature-major**, ``(*batch, F, N)``: each row of the triangle is
+then one contiguous, vectorised product (``x_i · x_{i..d-1}`` over all tokens), several times faster
+than writing the token-major layout on CPUs. Row order of the second-order block: the upper triangle row
+by row, ``(0,0), (0,1) … (0,d-1), (1,1) … (d-1,d-1)`` (symmetric) or all ``(i, j)`` row-major (full).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Form = Literal["full", "symmetric"]
+FORMS: tuple[str, ...] = ("full", "symmetric")
+
+
+def check_form(form: object) -> str:
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    return form  # type: ignore[return-value]
+
+
+def second_order_dim(d: int, form: Form) -> int:
+    return d * d if form == "full" else d * (d + 1) // 2
+
+
+def feature_dim(d: int, form: Form = "symmetric") -> int:
+    """``F``: ``d² + d + 1`` (full) or ``d(d+1)/2 + d + 1`` (symmetric)."""
+    return second_order_dim(d, form) + d + 1
+
+
+def feature_weights(
+    d: int, form: Form, coefficients: tuple[float, float, float], *, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """``w (F,)`` such that ``φ(q)ᵀ diag(w) φ(k) = a (q·k)² + b q·k + c``."""
+    a, b, c = coefficients
+    if form == "full":
+        second = torch.full((d * d,), a, dtype=dtype, device=device)
+    else:
+        i, j = torch.triu_indices(d, d, device=device)
+        second = torch.full((i.numel(),), 2 * a, dtype=dtype, device=device)
+        second[i == j] = a
+    return torch.cat([second, torch.full((d,), b, dtype=dtype, device=device), torch.full((1,), c, dtype=dtype, device=device)])
+
+
+def taylor_features(x: Tensor, form: Form = "symmetric", *, out: Tensor | None = None) -> Tensor:
+    """Unweighted features ``φ(x) = [second-order, x, 1]`` of each row of ``x``, feature-major.
+
+    Args:
+        x: ``(*batch, N, d)``.
+        form: ``"full"`` or ``"symmetric"``.
+        out: optional ``(*batch, F, N)`` buffer to write into.
+
+    Returns:
+        ``(*batch, F, N)``; not differentiable through autograd (the kernels have their own backward).
+    """
+    d, N = x.shape[-1], x.shape[-2]
+    F = feature_dim(d, form)
+    xt = x.transpose(-1, -2).contiguous()  # (*batch, d, N)
+    if torch.compiler.is_compiling():
+        # functional form for the compiler (it fuses the products and the concatenation itself)
+        if form == "full":
+            second = [(xt.unsqueeze(-2) * xt.unsqueeze(-3)).flatten(-3, -2)]
+        else:
+            second = [xt[..., i : i + 1, :] * xt[..., i:, :] for i in range(d)]
+        return torch.cat([*second, xt, torch.ones_like(xt[..., :1, :])], dim=-2)
+    if out is None:
+        out = x.new_empty((*x.shape[:-2], F, N))
+    n2 = F - d - 1
+    if form == "full":
+        torch.mul(xt.unsqueeze(-2), xt.unsqueeze(-3), out=out[..., :n2, :].unflatten(-2, (d, d)))
+    else:
+        off = 0
+        for i in range(d):  # row i of the upper triangle: x_i · x_{i..d-1}
+            torch.mul(xt[..., i : i + 1, :], xt[..., i:, :], out=out[..., off : off + d - i, :])
+            off += d - i
+    out[..., n2 : n2 + d, :] = xt
+    out[..., -1, :] = 1.0
+    return out
+
+
+def taylor_features_backward(x: Tensor, grad: Tensor, form: Form = "symmetric") -> Tensor:
+    """Gradient with respect to ``x`` of ``Σ grad ⊙ taylor_features(x, form)``.
+
+    Args:
+        x: ``(*batch, N, d)``.
+        grad: ``(*batch, F, N)`` (feature-major, like the features).
+
+    Returns:
+        ``(*batch, N, d)``.
+    """
+    d = x.shape[-1]
+    xt = x.transpose(-1, -2).contiguous()  # (*batch, d, N)
+    n2 = grad.shape[-2] - d - 1
+    gx = grad[..., n2 : n2 + d, :].clone()  # first-order part, (*batch, d, N)
+    if form == "full":
+        G = grad[..., :n2, :].unflatten(-2, (d, d))  # (*batch, d, d, N): ∂/∂x_i of x_i x_j
+        gx += (G * xt.unsqueeze(-3)).sum(-2) + (G * xt.unsqueeze(-2)).sum(-3)
+    else:
+        off = 0
+        for i in range(d):  # block (i, i..d-1): ∂/∂x_i = Σ_j g_ij x_j, ∂/∂x_j += g_ij x_i
+            g = grad[..., off : off + d - i, :]
+            gx[..., i, :] += (g * xt[..., i:, :]).sum(-2)
+            gx[..., i:, :] += g * xt[..., i : i + 1, :]
+            off += d - i
+    return gx.transpose(-1, -2)
