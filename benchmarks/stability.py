@@ -44,7 +44,8 @@ def main() -> None:
                     out = taylor_shift_attention(qc, kc, vc, scale=scale, backend=backend)[..., rows, :].double()
                     errs = [((out[:, h] - ref[:, h]).norm() / ref[:, h].norm()).item() for h in range(H)]
                     finite = bool(torch.isfinite(out).all())
-                    print(f"| {n} | {d} | {str(dtype).removeprefix('torch.')} | {backend} | {max(errs):.2e} | {finite} |")
+                    name = str(dtype).removeprefix("torch.")
+                    print(f"| {n} | {d} | {name} | {backend} | {max(errs):.2e} | {finite} |")
 
 
 if __name__ == "__main__":

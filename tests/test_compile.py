@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_qkv, rel_err
 
+from conftest import make_qkv, rel_err
 from taylorshift import TaylorShiftAttention, taylor_shift_attention
 
 

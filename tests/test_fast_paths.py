@@ -11,8 +11,8 @@ import textwrap
 
 import pytest
 import torch
-from conftest import make_qkv, rel_err, tolerance
 
+from conftest import make_qkv, rel_err, tolerance
 from taylorshift import taylor_shift_attention_reference
 from taylorshift.ops.direct import default_block_size, direct_attention
 from taylorshift.ops.efficient import default_chunk_size, efficient_attention

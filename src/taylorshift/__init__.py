@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_LAZY = {
+_LAZY = {  # name -> module that defines it
     "TaylorShiftAttention": "taylorshift.nn",
     "resolve_backend": "taylorshift.ops",
     "taylor_shift_attention": "taylorshift.ops",
@@ -23,9 +23,13 @@ _LAZY = {
 __all__ = ["__version__", "analysis", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from taylorshift import analysis
-    from taylorshift.nn import TaylorShiftAttention
-    from taylorshift.ops import resolve_backend, taylor_shift_attention, taylor_shift_attention_reference
+    from taylorshift import analysis  # noqa: F401
+    from taylorshift.nn import TaylorShiftAttention  # noqa: F401
+    from taylorshift.ops import (  # noqa: F401
+        resolve_backend,
+        taylor_shift_attention,
+        taylor_shift_attention_reference,
+    )
 
 
 def __getattr__(name: str) -> Any:

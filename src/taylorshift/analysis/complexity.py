@@ -247,13 +247,14 @@ def matmul_flops(
     """Matmul FLOPs of this library's implementation of one head (what ``FlopCounterMode`` counts).
 
     * softmax and direct: ``QKᵀ`` and ``PV``: ``2LS·d + 2LS·dv``.
-    * efficient: one feature map ``φ(x) = [x⊠x, x, 1]`` of length ``F`` (:func:`num_features`), the state
-      ``φ(K)ᵀV'`` and the readout ``φ(Q̃)·state``: ``2S·F·(dv+1) + 2L·F·(dv+1)``. The constant feature
-      makes this ``2(L+S)(dv+1)`` more than the paper's matmul terms. The library implements the full
-      form; ``"symmetric"`` describes the same algorithm with the shorter feature map.
+    * efficient: one feature map ``φ(x) = [second-order, x, 1]`` of length ``F`` (:func:`num_features`),
+      the state ``φ(K)ᵀV'`` and the readout ``φ(Q̃)·state``: ``2S·F·(dv+1) + 2L·F·(dv+1)``. The constant
+      feature makes this ``2(L+S)(dv+1)`` more than the paper's matmul terms. The library runs the
+      ``"symmetric"`` form by default; ``"full"`` is the paper's.
 
     In ``"train"`` mode every matmul is also run twice in backward (one product per operand; all of
-    ``Q, K, V`` are assumed to need gradients), so the count triples.
+    ``Q, K, V`` are assumed to need gradients), so the count triples; the direct kernel's backward also
+    recomputes ``QKᵀ`` block by block instead of storing it (``+ 2LS·d``).
 
     Args:
         backend: ``"softmax"``, ``"direct"`` or ``"efficient"``.
@@ -277,7 +278,8 @@ def matmul_flops(
     factor = _mode_factor(mode)
     if backend == "efficient":
         return factor * 2 * (S + L) * F * (dv + 1)
-    return factor * 2 * L * S * (d + dv)
+    recompute = 2 * L * S * d if (backend == "direct" and mode == "train") else 0
+    return factor * 2 * L * S * (d + dv) + recompute
 
 
 def flops_direct(L: int, S: int, d: int, dv: int | None = None) -> int:

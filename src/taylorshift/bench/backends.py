@@ -27,6 +27,8 @@ from torch import Tensor
 
 from taylorshift.analysis import flops_direct, flops_efficient
 from taylorshift.ops import taylor_shift_attention
+from taylorshift.ops.efficient import DEFAULT_FORM
+from taylorshift.ops.features import feature_dim
 
 MODES: tuple[str, ...] = ("forward", "train")
 DTYPES: dict[str, torch.dtype] = {
@@ -92,7 +94,11 @@ def _quadratic_flops(n: int, d: int) -> float:
 
 
 def _efficient_flops(n: int, d: int) -> float:
-    return float(flops_efficient(n, n, d))
+    return float(flops_efficient(n, n, d, form=DEFAULT_FORM))
+
+
+def _paper_efficient_flops(n: int, d: int) -> float:
+    return float(flops_efficient(n, n, d, form="full"))
 
 
 def _quadratic_entries(n: int, d: int, mode: str) -> float:
@@ -100,24 +106,56 @@ def _quadratic_entries(n: int, d: int, mode: str) -> float:
     return (2.0 if mode == "forward" else 5.0) * n * n + 2.0 * n * d
 
 
+def _direct_entries(n: int, d: int, mode: str) -> float:
+    # query blocks of about 2²¹ logits each (see taylorshift.ops.direct.default_block_size)
+    block = min(n * n, 1 << 21)
+    return (2.0 if mode == "forward" else 3.0) * block + (2.0 if mode == "forward" else 8.0) * n * (d + 1)
+
+
 def _efficient_entries(n: int, d: int, mode: str) -> float:
-    f = d * d + d + 1  # features per token
-    # forward: the N×d² outer product and the concatenated N×F features; train: both kept for q and k
-    # plus their gradients.
-    return (2.0 if mode == "forward" else 6.0) * n * f + f * (d + 1) + 2.0 * n * d
+    # streaming: chunk buffers of about 2²¹ features, the state, and O(N·d) saved tensors and gradients
+    f = feature_dim(d, DEFAULT_FORM)
+    return (1.0 if mode == "forward" else 2.0) * min(n * f, 1 << 21) + 2 * f * (d + 1) + (
+        3.0 if mode == "forward" else 10.0) * n * (d + 1)
+
+
+def _paper_efficient_entries(n: int, d: int, mode: str) -> float:
+    f = d * d + d + 1
+    return (3.0 if mode == "forward" else 6.0) * n * f + f * (d + 1) + 2.0 * n * d
 
 
 def _linear_entries(n: int, d: int, mode: str) -> float:
     return (2.0 if mode == "forward" else 6.0) * n * (d + 1)
 
 
+def paper_efficient_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """The paper's efficient form as written: materialised full ``N × d²`` features ``Q⊠Q`` and ``K⊠K``,
+    the ones-column trick, plain autograd (the baseline the streaming path is measured against).
+
+    Args:
+        q, k, v: ``(B, H, N, d)``; logits ``q·k/√d`` as in the other backends.
+
+    Returns:
+        ``(B, H, N, d)``.
+    """
+    q = q * (1.0 / math.sqrt(q.shape[-1]))
+    qq = (q.unsqueeze(-1) * q.unsqueeze(-2)).flatten(-2)  # (B, H, N, d²)
+    kk = (k.unsqueeze(-1) * k.unsqueeze(-2)).flatten(-2)
+    vp = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1) / v.shape[-2]  # (B, H, N, d+1)
+    y = 0.5 * (qq @ (kk.transpose(-1, -2) @ vp)) + q @ (k.transpose(-1, -2) @ vp) + vp.sum(-2, keepdim=True)
+    return y[..., :-1] / y[..., -1:]
+
+
 BACKENDS: dict[str, BenchBackend] = {
     b.name: b
     for b in (
-        BenchBackend("direct", _direct, _quadratic_flops, _quadratic_entries,
-                     "TaylorShift, backend='direct' (O(N²d) time, N×N weights)"),
+        BenchBackend("direct", _direct, _quadratic_flops, _direct_entries,
+                     "TaylorShift, backend='direct' (O(N²d) time, query blocks, recomputing backward)"),
         BenchBackend("efficient", _efficient, _efficient_flops, _efficient_entries,
-                     "TaylorShift, backend='efficient' (O(Nd³) time, N×d² features)"),
+                     "TaylorShift, backend='efficient' (O(Nd³) time, streaming symmetric features)"),
+        BenchBackend("paper_efficient", paper_efficient_attention, _paper_efficient_flops,
+                     _paper_efficient_entries,
+                     "the paper's efficient form: materialised full N×d² features, autograd (baseline)"),
         BenchBackend("sdpa", _sdpa, _quadratic_flops, _linear_entries,
                      "torch scaled_dot_product_attention, softmax (fused kernel; speed anchor)"),
         BenchBackend("naive_softmax", naive_softmax_attention, _quadratic_flops, _quadratic_entries,

@@ -107,8 +107,13 @@ def calibrate_head_dim(
     points = []
     for n in lengths:
         q, k, v = (torch.randn(batch, heads, n, d, generator=gen).to(device=device, dtype=dtype) for _ in range(3))
-        with torch.inference_mode():
-            t = [timer(lambda b=b: taylor_shift_attention(q, k, v, backend=b), repeats) for b in ("direct", "efficient")]
+        t = []
+        for b in ("direct", "efficient"):
+            def step(b=b, q=q, k=k, v=v):
+                with torch.inference_mode():
+                    return taylor_shift_attention(q, k, v, backend=b)
+
+            t.append(timer(step, repeats))
         points.append((n, t[0], t[1]))
         if progress is not None:
             progress(f"d={d} N={n}: direct {t[0] * 1e3:.2f} ms, efficient {t[1] * 1e3:.2f} ms")

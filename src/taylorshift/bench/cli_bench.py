@@ -11,7 +11,8 @@ import time
 HELP = ("Benchmark direct/efficient TaylorShift against softmax attention (time, peak memory) over "
         "sequence lengths and locate the measured crossovers next to the paper's N0.")
 
-BACKEND_NAMES = ("direct", "efficient", "sdpa", "naive_softmax")
+BACKEND_NAMES = ("direct", "efficient", "sdpa", "naive_softmax")  # the default set
+ALL_BACKENDS = (*BACKEND_NAMES, "paper_efficient")
 MODE_NAMES = ("forward", "train")
 DTYPE_NAMES = ("float32", "float64", "float16", "bfloat16")
 
@@ -109,8 +110,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", dest="modes", nargs="+", choices=MODE_NAMES,
                    help="forward: one call under torch.inference_mode; train: forward + backward "
                         "(gradients of q, k, v). Several may be given (default forward)")
-    g.add_argument("--backends", nargs="+", choices=BACKEND_NAMES,
-                   help="backends to compare (default all four)")
+    g.add_argument("--backends", nargs="+", choices=ALL_BACKENDS,
+                   help="backends to compare (default: direct efficient sdpa naive_softmax; paper_efficient is the "
+                        "paper's materialised full-d² form, the baseline of the fast path)")
     g.add_argument("--device", default="auto",
                    help="torch device: cpu, cuda, cuda:1 or auto (cuda when available; default auto)")
     g.add_argument("--threads", type=_positive_int, metavar="T",
@@ -293,7 +295,8 @@ def report(result, out_dir: str, *, plots: bool = True, write: bool = False) -> 
           + (" — INTERRUPTED, partial results" if result.interrupted else ""))
     print()
     print("Crossover N0: the length above which efficient TaylorShift is cheaper than the other backend")
-    print("(measured: log-log interpolation; theory: taylorshift.analysis.crossover(d); * = several crossings)")
+    print("(measured: log-log interpolation; theory: time = taylorshift.analysis.crossover(d, form='symmetric'), "
+          "memory = the paper's crossover(d, 'memory'); * = several crossings)")
     print(crossover_table(result))
     print()
     print("At the largest N where every backend ran (time per call, peak memory beyond the inputs):")

@@ -21,7 +21,7 @@ in three variants (:data:`VARIANTS`):
     ``raw``          the paper's benchmark module: q, k unnormalised, logits q·k/√d (``raw_scale="sdpa"``,
                      applied to q as our ops do) or q·k (``"none"``), V' = [V | 1] with no 1/N.
 
-Every variant is built from :func:`taylorshift.ops.efficient.feature_map` and
+Every variant is built from :func:`taylorshift.ops.features.taylor_features` (full form) and
 :func:`~taylorshift.ops.efficient.augment_values`, so the formulas measured are the ones the library runs.
 Norms are measured in float64. The same pipeline is run a second time with every intermediate *stored* in
 float16 (matmuls accumulate in float32 and round their result to float16, as autocast does on a GPU) to
@@ -42,8 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from taylorshift.ops.direct import safe_divide
-from taylorshift.ops.efficient import augment_values, feature_map
+from taylorshift.ops.common import safe_divide
+from taylorshift.ops.efficient import augment_values
+from taylorshift.ops.features import feature_weights, taylor_features
 from taylorshift.ops.inputs import DEFAULT_COEFFICIENTS, check_coefficients
 
 Variant = Literal["normalised", "paper", "raw"]
@@ -81,7 +82,7 @@ class Prepared:
         q: scaled queries ``(N, d)`` (float64); the logit is ``q·k``.
         k: keys ``(N, d)`` (float64).
         value_norm: divisor of ``V' = [V | 1]``.
-        weights: query feature weights ``(w2, w1, w0)`` passed to :func:`feature_map`.
+        weights: query feature weights ``(w2, w1, w0)`` of the features (see :func:`_features`).
     """
 
     q: Tensor
@@ -165,6 +166,14 @@ class SequenceResult:
         self.nonfinite16[name] |= not bool(torch.isfinite(x16).all())
 
 
+def _features(x: Tensor, weights: tuple[float, float, float] | None = None) -> Tensor:
+    """Token-major full-form features ``[w2·x⊠x, w1·x, w0]`` of ``x (n, d)``: ``(n, d² + d + 1)``."""
+    phi = taylor_features(x, "full").transpose(0, 1)
+    if weights is None:
+        return phi
+    return phi * feature_weights(x.shape[-1], "full", weights, dtype=x.dtype, device=x.device)
+
+
 def run_sequence(
     prep: Prepared,
     v: Tensor,
@@ -199,8 +208,8 @@ def run_sequence(
     state32 = torch.zeros(n_features, v.shape[-1] + 1, dtype=f32)
     for s in range(0, k.shape[0], chunk):
         kc, vc = k[s : s + chunk], v[s : s + chunk]
-        phi64 = feature_map(kc)  # (n, F)
-        phi16 = feature_map(kc.to(h))
+        phi64 = _features(kc)  # (n, F)
+        phi16 = _features(kc.to(h))
         vp64 = augment_values(vc, None, prep.value_norm)  # (n, dv+1)
         vp16 = augment_values(vc.to(h), None, prep.value_norm)
         res._rows("kk", phi64[:, :d2], phi16[:, :d2])
@@ -216,8 +225,8 @@ def run_sequence(
     outs64, outs16 = [], []
     for s in range(0, q.shape[0], chunk):
         qc = q[s : s + chunk]
-        phi64 = feature_map(qc, prep.weights)  # (n, F); first d² columns are a·q⊠q
-        phi16 = feature_map(qc.to(h), prep.weights)
+        phi64 = _features(qc, prep.weights)  # (n, F); first d² columns are a·q⊠q
+        phi16 = _features(qc.to(h), prep.weights)
         res._rows("qq", phi64[:, :d2] / a, phi16[:, :d2])
         y64 = phi64 @ state64
         y16 = (phi16.to(f32) @ state16_32).to(h)

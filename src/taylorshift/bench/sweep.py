@@ -38,6 +38,7 @@ from taylorshift.bench.backends import (
 from taylorshift.bench.crossover import find_crossover
 from taylorshift.bench.memory import MIB, MemoryMeter, is_out_of_memory
 from taylorshift.bench.timing import time_call
+from taylorshift.ops.efficient import DEFAULT_FORM
 
 STATUSES: tuple[str, ...] = ("ok", "oom", "skipped-budget", "error")
 
@@ -46,7 +47,7 @@ STATUSES: tuple[str, ...] = ("ok", "oom", "skipped-budget", "error")
 MEMORY_RESOLUTION_BYTES = 1 * MIB
 
 # (efficient, other backend) pairs whose crossovers are reported.
-COMPARISONS: tuple[str, ...] = ("direct", "sdpa", "naive_softmax")
+COMPARISONS: tuple[str, ...] = ("direct", "sdpa", "naive_softmax", "paper_efficient")
 
 
 @dataclass
@@ -179,14 +180,13 @@ def sequence_lengths(
 
     A geometric grid ``n_min · 2^(i / points_per_octave)`` up to ``n_max`` (both ends included), plus
     ``dense`` points spread geometrically over ``[N0/√2, N0·√2]`` around each analytic crossover
-    ``N0 = crossover(d, "speed")`` and ``crossover(d, "memory")``; all rounded by :func:`round_length`
-    and clipped to ``[n_min, n_max]``.
+    (``crossover(d, "speed", form=DEFAULT_FORM)``, the implemented form, and the paper's
+    ``crossover(d, "memory")``); all rounded by :func:`round_length` and clipped to ``[n_min, n_max]``.
     """
     octaves = math.log2(n_max / n_min)
     steps = int(math.floor(octaves * points_per_octave + 1e-9))
     raw = [n_min * 2 ** (i / points_per_octave) for i in range(steps + 1)] + [n_max]
-    for criterion in ("speed", "memory"):
-        n0 = theory_crossover(d, criterion)
+    for n0 in (theory_crossover(d, "speed", form=DEFAULT_FORM), theory_crossover(d, "memory")):
         if dense == 1:
             raw.append(n0)
         elif dense > 1:
@@ -250,7 +250,9 @@ def _backend_name(b: str | BenchBackend) -> str:
 def _theory(versus: str, d: int, metric: str) -> int | None:
     if versus == "sdpa" and metric == "memory":
         return None  # fused softmax attention holds O(N) memory: the paper's memory model does not apply
-    return theory_crossover(d, "speed" if metric == "time" else "memory")
+    if metric == "time":  # the FLOP model of the feature form the library runs (symmetric by default)
+        return theory_crossover(d, "speed", form=DEFAULT_FORM)
+    return theory_crossover(d, "memory")  # the paper's model (materialised features, N×N weights)
 
 
 def compute_crossovers(points: Sequence[Point]) -> list[CrossoverRow]:

@@ -54,7 +54,8 @@ def feature_weights(
         i, j = torch.triu_indices(d, d, device=device)
         second = torch.full((i.numel(),), 2 * a, dtype=dtype, device=device)
         second[i == j] = a
-    return torch.cat([second, torch.full((d,), b, dtype=dtype, device=device), torch.full((1,), c, dtype=dtype, device=device)])
+    first = torch.full((d,), b, dtype=dtype, device=device)
+    return torch.cat([second, first, torch.full((1,), c, dtype=dtype, device=device)])
 
 
 def taylor_features(x: Tensor, form: Form = "symmetric", *, out: Tensor | None = None) -> Tensor:
