@@ -38,9 +38,10 @@ DEFAULT_FORM: Form = "symmetric"
 
 
 def default_chunk_size(batch: int, F: int) -> int:
-    """Rows per chunk so that one ``(batch, F, chunk)`` feature buffer holds about 2²¹ entries (8 MiB fp32),
-    between 128 and 1024 rows (measured fastest on a 2-core AVX-512 CPU, see docs/benchmarks.md)."""
-    return int(min(1024, max(128, (1 << 21) // max(1, batch * F))))
+    """Rows per chunk so that one ``(batch, F, chunk)`` feature buffer holds about 2²² entries (16 MiB fp32),
+    between 128 and 1024 rows: the fastest setting measured on a 2-core AVX-512 CPU at d = 16, 32, 64
+    (docs/benchmarks.md); smaller chunks pay per-call overhead, larger ones fall out of cache."""
+    return int(min(1024, max(128, (1 << 22) // max(1, batch * F))))
 
 
 def augment_values(v: Tensor, key_mask: Tensor | None, norm: float) -> Tensor:
