@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 
 _LAZY = {  # name -> module that defines it
     "TaylorShiftAttention": "taylorshift.nn",
+    "create_model": "taylorshift.models",
+    "list_models": "taylorshift.models",
     "resolve_backend": "taylorshift.ops",
     "taylor_shift_attention": "taylorshift.ops",
     "taylor_shift_attention_reference": "taylorshift.ops",
@@ -24,6 +26,7 @@ __all__ = ["__version__", "analysis", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
     from taylorshift import analysis  # noqa: F401
+    from taylorshift.models import create_model, list_models  # noqa: F401
     from taylorshift.nn import TaylorShiftAttention  # noqa: F401
     from taylorshift.ops import (  # noqa: F401
         resolve_backend,

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "taylorshift.bench.cli_scaling",
         "norms of the efficient path's intermediate results vs N and d, with and without normalisation",
     ),
+    "data": ("taylorshift.data.cli", "list the benchmark tasks, prepare their data in the cache, verify checksums"),
 }
 
 

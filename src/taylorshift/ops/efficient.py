@@ -1,12 +1,14 @@
 """Efficient TaylorShift: the linear-in-length tensor-product form, streamed in chunks.
 
 Every weight is an inner product of features (see :mod:`taylorshift.ops.features`):
-``p(q̃·k) = φ_q(q̃)·φ_k(k)`` with ``q̃ = scale·q``. Hence, with ``V' = [V | 1]``,
+``p(q̃·k) = φ(q̃)ᵀ diag(w) φ(k)`` with ``q̃ = scale·q`` and ``w`` holding the polynomial's coefficients.
+Hence, with ``V' = [V | 1]``,
 
-    Σ_j p(q̃_i·k_j) [v_j | 1] = φ_q(q̃_i) · Z,    Z = Σ_j φ_k(k_j) v'_jᵀ   (the state, F × (dv+1)),
+    Σ_j p(q̃_i·k_j) [v_j | 1] = φ(q̃_i)ᵀ diag(w) Z,    Z = Σ_j φ(k_j) v'_jᵀ   (the state, F × (dv+1)),
 
 so the numerator and, in the last column (the "ones-column trick"), the denominator come from one
-contraction and no L×S matrix is formed.
+contraction and no L×S matrix is formed. The default feature form is ``"symmetric"`` (``d(d+1)/2``
+second-order monomials); ``"full"`` is the paper's ``d²``.
 
 Streaming. Keys are folded into ``Z`` chunk by chunk and queries read ``Z`` chunk by chunk, so the
 ``N × F`` feature tensors are never held whole: extra memory is ``O(chunk·F + F·dv)`` per head. The custom

