@@ -7,25 +7,18 @@ import json
 import sys
 
 from taylorshift.analysis.complexity import FORMS, MODES, HeadSplit, head_split
+from taylorshift.cli import positive_int
 
 HELP = "Analytic crossover lengths N0 above which efficient TaylorShift beats direct (FLOPs and memory)."
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``taylorshift crossover`` to ``parser``."""
     parser.add_argument(
         "--head-dims",
-        type=_positive_int,
+        type=positive_int,
         nargs="+",
         default=[16, 32, 64, 128],
         metavar="d",
@@ -33,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--heads",
-        type=_positive_int,
+        type=positive_int,
         nargs="+",
         default=None,
         metavar="H",
@@ -42,14 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--width",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="D",
         help="fixed layer width D = heads·d: one row per split into heads of size D/heads",
     )
     parser.add_argument(
         "--n",
-        type=_positive_int,
+        type=positive_int,
         default=4096,
         metavar="N",
         help="sequence length of the cost-ratio columns (default 4096)",

@@ -8,6 +8,8 @@ import shlex
 import sys
 import time
 
+from taylorshift.cli import positive_int
+
 HELP = ("Benchmark direct/efficient TaylorShift against softmax attention (time, peak memory) over "
         "sequence lengths and locate the measured crossovers next to the paper's N0.")
 
@@ -86,11 +88,6 @@ def parse_seconds(text: str) -> float:
     return v
 
 
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return v
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,10 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--quick", action="store_true",
                    help="the quick profile (about two minutes on a 2-core CPU): d 16 and 32, H=4, "
                         "N 64..4096 at 2 points per octave, 3 repeats, forward only")
-    g.add_argument("--head-dims", type=_positive_int, nargs="+", metavar="D",
+    g.add_argument("--head-dims", type=positive_int, nargs="+", metavar="D",
                    help=f"head sizes d to sweep (default {' '.join(map(str, FULL['head_dims']))})")
-    g.add_argument("--heads", type=_positive_int, metavar="H", help=f"heads H (default {FULL['heads']})")
-    g.add_argument("--batch", type=_positive_int, metavar="B", help=f"batch size B (default {FULL['batch']})")
+    g.add_argument("--heads", type=positive_int, metavar="H", help=f"heads H (default {FULL['heads']})")
+    g.add_argument("--batch", type=positive_int, metavar="B", help=f"batch size B (default {FULL['batch']})")
     g.add_argument("--dtype", choices=DTYPE_NAMES, help="dtype of q, k, v (default float32; TaylorShift "
                    "computes float16/bfloat16 inputs in float32)")
     g.add_argument("--mode", dest="modes", nargs="+", choices=MODE_NAMES,
@@ -115,13 +112,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "paper's materialised full-d² form, the baseline of the fast path)")
     g.add_argument("--device", default="auto",
                    help="torch device: cpu, cuda, cuda:1 or auto (cuda when available; default auto)")
-    g.add_argument("--threads", type=_positive_int, metavar="T",
+    g.add_argument("--threads", type=positive_int, metavar="T",
                    help="torch CPU threads (default: torch's default, the number of cores)")
     s = parser.add_argument_group("sequence lengths")
-    s.add_argument("--n-min", type=_positive_int, metavar="N", help=f"smallest N (default {FULL['n_min']})")
-    s.add_argument("--n-max", type=_positive_int, metavar="N",
+    s.add_argument("--n-min", type=positive_int, metavar="N", help=f"smallest N (default {FULL['n_min']})")
+    s.add_argument("--n-max", type=positive_int, metavar="N",
                    help=f"largest N (default {FULL['n_max']}; {QUICK['n_max']} with --quick)")
-    s.add_argument("--points-per-octave", type=_positive_int, metavar="P",
+    s.add_argument("--points-per-octave", type=positive_int, metavar="P",
                    help=f"geometric grid density (default {FULL['points_per_octave']}; "
                         f"{QUICK['points_per_octave']} with --quick). Lengths are multiples of 16")
     s.add_argument("--dense", type=int, metavar="K",
@@ -129,7 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(speed and memory) of each d; 0 for none (default {FULL['dense']}; "
                         f"{QUICK['dense']} with --quick)")
     t = parser.add_argument_group("timing and budgets")
-    t.add_argument("--repeats", type=_positive_int, metavar="R",
+    t.add_argument("--repeats", type=positive_int, metavar="R",
                    help=f"timed repeats per point; the median is reported (default {FULL['repeats']}; "
                         f"{QUICK['repeats']} with --quick)")
     t.add_argument("--warmup", type=int, metavar="W",

@@ -5,29 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 
+from taylorshift.cli import positive_int
+
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--head-dims", type=_positive_int, nargs="+", default=[16, 32, 64], metavar="d",
+    parser.add_argument("--head-dims", type=positive_int, nargs="+", default=[16, 32, 64], metavar="d",
                         help="head sizes to calibrate (default: 16 32 64)")
-    parser.add_argument("--heads", type=_positive_int, default=8, help="heads H of the timed problem (default 8)")
-    parser.add_argument("--batch", type=_positive_int, default=1, help="batch size B of the timed problem (default 1)")
+    parser.add_argument("--heads", type=positive_int, default=8, help="heads H of the timed problem (default 8)")
+    parser.add_argument("--batch", type=positive_int, default=1, help="batch size B of the timed problem (default 1)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="input dtype (default float32)")
     parser.add_argument("--device", default="cpu", help="device, e.g. cpu or cuda (default cpu)")
-    parser.add_argument("--lengths", type=_positive_int, nargs="+", default=None, metavar="N",
+    parser.add_argument("--lengths", type=positive_int, nargs="+", default=None, metavar="N",
                         help="lengths to time (default: 13 lengths spaced by √2 around the analytic crossover)")
-    parser.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats per point; median (default 3)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed repeats per point; median (default 3)")
     parser.add_argument("--quick", action="store_true",
                         help="fewer lengths (7, spaced by 2 around the analytic crossover) and 2 repeats")
     parser.add_argument("--dry-run", action="store_true", help="measure and print, but do not store")

