@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from taylorshift.models.encoder import check_common, make_blocks
+from taylorshift.models.encoder import check_common, check_positive_ints, make_blocks
 from taylorshift.nn import ConvTextEmbed, SinusoidalPositionalEncoding, TokenEmbedding, init_weights
 
 
@@ -56,10 +56,7 @@ class SequenceClassifierConfig:
 
     def __post_init__(self) -> None:
         check_common(self)
-        for name in ("input_dim", "max_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(self, ("input_dim", "max_len"))
         if self.embed not in ("linear", "conv"):
             raise ValueError(f"embed must be 'linear' or 'conv', got {self.embed!r}")
 

@@ -11,12 +11,17 @@ from taylorshift.nn import Block, check_attention, make_attention
 from taylorshift.ops.inputs import check_backend
 
 
-def check_common(cfg: Any) -> None:
-    """Checks shared by the model configs: positive sizes and probabilities in range."""
-    for name in ("num_classes", "dim", "depth", "num_heads"):
+def check_positive_ints(cfg: Any, names: tuple[str, ...]) -> None:
+    """``ValueError`` naming the first field of ``cfg`` among ``names`` that is not an int >= 1."""
+    for name in names:
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def check_common(cfg: Any) -> None:
+    """Checks shared by the model configs: positive sizes and probabilities in range."""
+    check_positive_ints(cfg, ("num_classes", "dim", "depth", "num_heads"))
     if not float(cfg.mlp_ratio) > 0:
         raise ValueError(f"mlp_ratio must be positive, got {cfg.mlp_ratio!r}")
     if not 0.0 <= float(cfg.drop_path) < 1.0:

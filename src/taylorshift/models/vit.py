@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from taylorshift.models.encoder import check_common, make_blocks
+from taylorshift.models.encoder import check_common, check_positive_ints, make_blocks
 from taylorshift.nn import ConvStem, PatchEmbed, SinusoidalPositionalEncoding, init_weights
 
 
@@ -63,10 +63,7 @@ class ViTConfig:
 
     def __post_init__(self) -> None:
         check_common(self)
-        for name in ("img_size", "patch_size", "in_chans"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(self, ("img_size", "patch_size", "in_chans"))
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size ({self.img_size}) must be divisible by patch_size ({self.patch_size})")
         if self.input_size is not None and not 1 <= self.input_size <= self.img_size:

@@ -22,6 +22,37 @@ from taylorshift.ops import DEFAULT_COEFFICIENTS, check_coefficients, taylor_shi
 from taylorshift.ops.inputs import check_backend
 
 
+def check_module_args(dim: int, num_heads: int, head_dim: int | None, attn_drop: float, proj_drop: float) -> int:
+    """Validate the shared constructor arguments; return the resolved ``head_dim``."""
+    for name, value in (("dim", dim), ("num_heads", num_heads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if head_dim is None:
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads}), or pass head_dim")
+        head_dim = dim // num_heads
+    elif isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
+        raise ValueError(f"head_dim must be a positive int or None, got {head_dim!r}")
+    for name, p in (("attn_drop", attn_drop), ("proj_drop", proj_drop)):
+        if not 0.0 <= float(p) < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {p}")
+    return head_dim
+
+
+def check_forward_args(x: object, key_padding_mask: object, dim: int) -> None:
+    """Validate ``forward(x (B, N, dim), key_padding_mask (B, N) bool | None)`` of the attention modules."""
+    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != dim:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a tensor of shape (B, N, {dim}), got {shape}")
+    if key_padding_mask is not None:
+        if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool:
+            raise TypeError("key_padding_mask must be a bool tensor (B, N) with True = padding")
+        if tuple(key_padding_mask.shape) != tuple(x.shape[:2]):
+            raise ValueError(
+                f"key_padding_mask must have shape (B, N) = {tuple(x.shape[:2])}, got {tuple(key_padding_mask.shape)}"
+            )
+
+
 class TaylorShiftAttention(nn.Module):
     """Multi-head TaylorShift self-attention.
 
@@ -59,18 +90,7 @@ class TaylorShiftAttention(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        for name, value in (("dim", dim), ("num_heads", num_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if head_dim is None:
-            if dim % num_heads:
-                raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads}), or pass head_dim")
-            head_dim = dim // num_heads
-        elif isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
-            raise ValueError(f"head_dim must be a positive int or None, got {head_dim!r}")
-        for name, p in (("attn_drop", attn_drop), ("proj_drop", proj_drop)):
-            if not 0.0 <= float(p) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {p}")
+        head_dim = check_module_args(dim, num_heads, head_dim, attn_drop, proj_drop)
         self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
         self.normalize_qk, self.output_scale = bool(normalize_qk), bool(output_scale)
         self.coefficients = check_coefficients(coefficients)
@@ -101,17 +121,8 @@ class TaylorShiftAttention(nn.Module):
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """``x (B, N, C)``, ``key_padding_mask (B, N)`` bool with True = padding → ``(B, N, C)``."""
-        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.dim:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must be a tensor of shape (B, N, {self.dim}), got {shape}")
+        check_forward_args(x, key_padding_mask, self.dim)
         B, N, _ = x.shape
-        if key_padding_mask is not None:
-            if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool:
-                raise TypeError("key_padding_mask must be a bool tensor (B, N) with True = padding")
-            if tuple(key_padding_mask.shape) != (B, N):
-                raise ValueError(
-                    f"key_padding_mask must have shape (B, N) = {(B, N)}, got {tuple(key_padding_mask.shape)}"
-                )
         H, d = self.num_heads, self.head_dim
         q, k, v = self.qkv(x).view(B, N, 3, H, d).permute(2, 0, 3, 1, 4)  # each (B, H, N, d)
         scale = None
