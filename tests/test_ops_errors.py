@@ -114,9 +114,7 @@ def test_unknown_backend(backend):
         resolve_backend(*qkv(), backend=backend)
 
 
-def test_is_causal_not_implemented_yet():
-    with pytest.raises(NotImplementedError, match="is_causal"):
-        taylor_shift_attention(*qkv(), is_causal=True)
+def test_is_causal_must_be_bool():
     with pytest.raises(TypeError, match="is_causal"):
         taylor_shift_attention(*qkv(), is_causal="yes")
 

@@ -10,15 +10,24 @@ Attention dropout. Dropping entries of the L×S weight matrix has no counterpart
 each key of each (batch, head) is removed from the attention with probability ``attn_drop`` before the
 normalisation (DropKey style), so the remaining weights still sum to one. It is a key mask, which both
 backends compute exactly, so direct and efficient remain the same function for the same random draw.
+
+Causal (``causal=True``). Query ``i`` attends to keys ``j <= i`` (and not padded); its output factor is
+``√(n_i/d)`` with ``n_i`` the number of valid keys ``j <= i``, the per-row version of ``√(N/d)``. Such a
+module also decodes recurrently: :meth:`TaylorShiftAttention.new_cache`, :meth:`~TaylorShiftAttention.prefill`
+and :meth:`~TaylorShiftAttention.step` keep a :class:`taylorshift.ops.causal.TaylorShiftState` per layer, so a
+new token costs ``O(H·F·d)`` whatever the context length, and prefill + steps equal the parallel forward.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from taylorshift.ops import DEFAULT_COEFFICIENTS, check_coefficients, taylor_shift_attention
+from taylorshift.ops.causal import TaylorShiftState
 from taylorshift.ops.inputs import check_backend
 
 
@@ -53,6 +62,38 @@ def check_forward_args(x: object, key_padding_mask: object, dim: int) -> None:
             )
 
 
+@dataclass
+class TaylorShiftCache:
+    """Decoding cache of one causal :class:`TaylorShiftAttention` (from :meth:`TaylorShiftAttention.new_cache`).
+
+    Attributes:
+        state: the running state of every (batch, head), ``state.state`` of shape ``(B, H, F, d + 1)``.
+        n_valid: ``(B,)`` int64, valid (unpadded) positions seen per sequence: the ``n`` of the output factor.
+    """
+
+    state: TaylorShiftState
+    n_valid: Tensor
+
+    @property
+    def length(self) -> int:
+        """Positions (tokens) seen so far, padding included."""
+        return self.state.length
+
+    @property
+    def batch_size(self) -> int:
+        return self.state.batch_shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (constant in :attr:`length`: ``B·H·F·(d+1)`` state entries plus the counts)."""
+        return self.state.nbytes + self.n_valid.numel() * self.n_valid.element_size()
+
+    def reset(self) -> None:
+        """Forget everything (as a fresh cache)."""
+        self.state.reset()
+        self.n_valid.zero_()
+
+
 class TaylorShiftAttention(nn.Module):
     """Multi-head TaylorShift self-attention.
 
@@ -68,11 +109,23 @@ class TaylorShiftAttention(nn.Module):
         output_scale: multiply each head's output by ``√(N/d)``, ``N`` = number of valid keys.
         coefficients: ``(a, b, c)`` of the weight polynomial ``a x² + b x + c``.
         backend: ``"auto"``, ``"direct"`` or ``"efficient"`` (see :func:`taylorshift.taylor_shift_attention`).
+        causal: position ``i`` attends only to positions ``j <= i``; the output factor is then ``√(n_i/d)``
+            per row, ``n_i`` = number of valid positions ``j <= i``. Enables :meth:`new_cache`,
+            :meth:`prefill` and :meth:`step`.
 
     Shapes:
         ``forward(x, key_padding_mask=None)``: ``x (B, N, C)`` → ``(B, N, C)``. ``key_padding_mask`` is a
         bool ``(B, N)`` tensor with **True = padding (ignore)**, the convention of
         ``torch.nn.MultiheadAttention``. Padded positions still produce (finite) outputs; callers ignore them.
+
+    Decoding (``causal=True`` only)::
+
+        cache = attn.new_cache(B)            # cache.length == 0
+        y = attn.prefill(x, cache)           # x (B, N, C) -> (B, N, C), == attn(x); cache.length == N
+        y_t = attn.step(x_t, cache)          # x_t (B, 1, C) -> (B, 1, C); cache.length == N + 1
+
+    Prefill and step use the efficient running-state form whatever ``backend`` says, never drop keys
+    (``attn_drop`` is ignored: decoding is for inference), and ``step`` runs without autograd.
     """
 
     def __init__(
@@ -88,8 +141,12 @@ class TaylorShiftAttention(nn.Module):
         output_scale: bool = True,
         coefficients: tuple[float, float, float] = DEFAULT_COEFFICIENTS,
         backend: str = "auto",
+        causal: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(causal, bool):
+            raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+        self.causal = causal
         head_dim = check_module_args(dim, num_heads, head_dim, attn_drop, proj_drop)
         self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
         self.normalize_qk, self.output_scale = bool(normalize_qk), bool(output_scale)
@@ -106,7 +163,8 @@ class TaylorShiftAttention(nn.Module):
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
             f"normalize_qk={self.normalize_qk}, output_scale={self.output_scale}, "
-            f"coefficients={self.coefficients}, attn_drop={self.attn_drop}, backend={self.backend!r}"
+            f"coefficients={self.coefficients}, attn_drop={self.attn_drop}, backend={self.backend!r}, "
+            f"causal={self.causal}"
         )
 
     def _key_mask(self, key_padding_mask: Tensor | None, B: int, N: int, device: torch.device) -> Tensor | None:
@@ -119,23 +177,113 @@ class TaylorShiftAttention(nn.Module):
             keep = ~drop if keep is None else keep & ~drop
         return keep
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        """``x (B, N, C)``, ``key_padding_mask (B, N)`` bool with True = padding → ``(B, N, C)``."""
-        check_forward_args(x, key_padding_mask, self.dim)
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``q, k, v (B, H, N, d)`` and the logit scale (the temperature, or None for ``1/√d``)."""
         B, N, _ = x.shape
-        H, d = self.num_heads, self.head_dim
-        q, k, v = self.qkv(x).view(B, N, 3, H, d).permute(2, 0, 3, 1, 4)  # each (B, H, N, d)
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         scale = None
         if self.normalize_qk:
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
             scale = self.temperature  # (H, 1, 1), broadcasts to (B, H, 1, 1)
-        out = taylor_shift_attention(
-            q, k, v, attn_mask=self._key_mask(key_padding_mask, B, N, x.device), scale=scale,
-            backend=self.backend, coefficients=self.coefficients,
-        )  # (B, H, N, d)
-        if self.output_scale:
-            n_valid = N if key_padding_mask is None else (~key_padding_mask).sum(-1).view(B, 1, 1, 1)
-            out = out * torch.sqrt(torch.as_tensor(n_valid, dtype=out.dtype, device=out.device) / d)
+        return q, k, v, scale
+
+    def _output(self, out: Tensor, n: Tensor | int | None) -> Tensor:
+        """Scale each head's ``out (B, H, N, d)`` by ``√(n/d)`` (``n`` broadcastable to ``(B, 1, N, 1)``), merge
+        the heads and project: ``(B, N, C)``."""
+        B, H, N, d = out.shape
+        if self.output_scale:  # the factor in at least float32 (float16 cannot hold n = 65,536)
+            dtype = torch.promote_types(out.dtype, torch.float32)
+            out = out * torch.sqrt(torch.as_tensor(n, dtype=dtype, device=out.device) / d).to(out.dtype)
         out = out.transpose(1, 2).reshape(B, N, H * d)  # (B, N, H·d)
         return self.proj_drop(self.proj(out))
 
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """``x (B, N, C)``, ``key_padding_mask (B, N)`` bool with True = padding → ``(B, N, C)``."""
+        check_forward_args(x, key_padding_mask, self.dim)
+        B, N, _ = x.shape
+        q, k, v, scale = self._project(x)
+        out = taylor_shift_attention(
+            q, k, v, attn_mask=self._key_mask(key_padding_mask, B, N, x.device), is_causal=self.causal,
+            scale=scale, backend=self.backend, coefficients=self.coefficients,
+        )  # (B, H, N, d)
+        valid = None if key_padding_mask is None else ~key_padding_mask  # (B, N)
+        if self.causal:  # n_i = valid keys j <= i, per row
+            counts = torch.arange(1, N + 1, device=x.device).expand(B, N) if valid is None else valid.cumsum(-1)
+            n = counts.view(B, 1, N, 1)
+        else:
+            n = N if valid is None else valid.sum(-1).view(B, 1, 1, 1)
+        return self._output(out, n)
+
+    # ----------------------------------------------------------------------------------------- decoding
+
+    def _require_causal(self, what: str) -> None:
+        if not self.causal:
+            raise ValueError(
+                f"{what} needs a causal module: construct TaylorShiftAttention(..., causal=True). Recurrent "
+                "decoding is only defined for causal attention (a non-causal position sees later tokens)."
+            )
+
+    def _check_cache(self, what: str, cache: object, x: object, length: int | None) -> None:
+        self._require_causal(what)
+        if not isinstance(cache, TaylorShiftCache):
+            raise TypeError(f"{what}: cache must come from new_cache(), got {type(cache).__name__}")
+        check_forward_args(x, None, self.dim)
+        B = cache.batch_size
+        if cache.state.batch_shape != (B, self.num_heads) or cache.state.head_dim != self.head_dim:
+            raise ValueError(f"{what}: the cache was made for another module ({cache.state})")
+        if x.shape[0] != B:
+            raise ValueError(f"{what}: x has batch size {x.shape[0]} but the cache was made for {B}")
+        if length is not None and x.shape[1] != length:
+            raise ValueError(f"{what}: x must have shape (B, {length}, {self.dim}), got {tuple(x.shape)}")
+
+    def new_cache(
+        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> TaylorShiftCache:
+        """An empty decoding cache (``length == 0``) for ``batch_size`` sequences.
+
+        ``device`` and ``dtype`` default to those of the module's parameters; the state is kept in float32
+        for half-precision dtypes (float64 for float64).
+        """
+        self._require_causal("new_cache")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        weight = self.qkv.weight
+        device = weight.device if device is None else torch.device(device)
+        state = TaylorShiftState(
+            (batch_size, self.num_heads), self.head_dim, self.head_dim, coefficients=self.coefficients,
+            dtype=weight.dtype if dtype is None else dtype, device=device,
+        )
+        return TaylorShiftCache(state, torch.zeros(batch_size, dtype=torch.int64, device=device))
+
+    def prefill(self, x: Tensor, cache: TaylorShiftCache, key_padding_mask: Tensor | None = None) -> Tensor:
+        """Causal attention of ``x (B, N, C)`` after everything in ``cache``; updates ``cache`` in place.
+
+        On a fresh cache the result equals ``forward(x, key_padding_mask)`` (up to rounding). Calling it
+        again continues the sequence (chunked prefill). ``key_padding_mask (B, N)`` (True = padding), e.g.
+        for left-padded prompts: padded positions are never attended and not counted in ``n``.
+
+        Returns:
+            ``(B, N, C)``.
+        """
+        self._check_cache("prefill", cache, x, None)
+        check_forward_args(x, key_padding_mask, self.dim)
+        B, N, _ = x.shape
+        q, k, v, scale = self._project(x)
+        valid = torch.ones(B, N, dtype=torch.bool, device=x.device) if key_padding_mask is None else ~key_padding_mask
+        keep = None if key_padding_mask is None else valid[:, None, None, :]
+        out = cache.state.prefill(q, k, v, attn_mask=keep, scale=scale)  # (B, H, N, d)
+        n = cache.n_valid.unsqueeze(-1) + valid.cumsum(-1)  # (B, N)
+        cache.n_valid += valid.sum(-1)
+        return self._output(out, n.view(B, 1, N, 1))
+
+    def step(self, x_t: Tensor, cache: TaylorShiftCache) -> Tensor:
+        """One new token ``x_t (B, 1, C)`` attending to everything in ``cache`` and itself → ``(B, 1, C)``.
+
+        ``O(H·F·d)`` per call, independent of ``cache.length``; updates ``cache`` in place.
+        """
+        self._check_cache("step", cache, x_t, 1)
+        B = x_t.shape[0]
+        q, k, v, scale = self._project(x_t)
+        out = cache.state.step(q, k, v, scale=scale)  # (B, H, 1, d)
+        cache.n_valid += 1
+        return self._output(out, cache.n_valid.view(B, 1, 1, 1))

@@ -1,5 +1,7 @@
-"""Tensor-level TaylorShift operators: the float64 oracle, the direct and efficient forms, and dispatch."""
+"""Tensor-level TaylorShift operators: the float64 oracle, the direct, efficient and causal forms, dispatch, and
+the recurrent decoding state."""
 
+from taylorshift.ops.causal import TaylorShiftState
 from taylorshift.ops.dispatch import Backend, resolve_backend, taylor_shift_attention
 from taylorshift.ops.features import FORMS, feature_dim, taylor_features
 from taylorshift.ops.inputs import BACKENDS, DEFAULT_COEFFICIENTS, check_coefficients
@@ -16,4 +18,5 @@ __all__ = [
     "resolve_backend",
     "taylor_shift_attention",
     "taylor_shift_attention_reference",
+    "TaylorShiftState",
 ]

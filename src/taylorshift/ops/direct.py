@@ -4,6 +4,11 @@ Per block of queries: ``s = q̃ Kᵀ`` ``(*batch, block, S)``, weights ``w = p(s
 ``out = (w V) / rowsum(w)``. Only one block's ``block × S`` matrices exist at a time, so extra memory is
 ``O(block·S)`` instead of ``O(L·S)``; the backward recomputes ``s`` and ``w`` block by block
 (flash-attention style) and stores only ``q̃, K, V``, the output and the row sums.
+
+Causal (``is_causal=True``, top-left aligned: query ``i`` sees keys ``j <= i``): the block of queries
+``[l0, l1)`` only reads keys ``[0, min(l1, S))``; the key blocks above the diagonal, which are fully
+masked, are never computed (about half the work and memory traffic for ``L = S``). Inside the block the
+causal mask is combined with the caller's mask (logical and).
 """
 
 from __future__ import annotations
@@ -27,8 +32,29 @@ def _block_mask(mask: Tensor | None, l0: int, l1: int) -> Tensor | None:
     return mask[..., l0:l1, :]
 
 
-def _weights(qs_b: Tensor, k: Tensor, coefficients, mask_b: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Logits ``s`` and masked weights ``p(s)`` of one query block (two fresh buffers)."""
+def causal_keep(l0: int, l1: int, k0: int, k1: int, device: torch.device) -> Tensor:
+    """Bool ``(l1 - l0, k1 - k0)``: True where key ``j`` (in ``[k0, k1)``) is visible to query ``i`` (in
+    ``[l0, l1)``) under top-left causal alignment, i.e. ``j <= i``."""
+    return torch.arange(l0, l1, device=device).unsqueeze(-1) >= torch.arange(k0, k1, device=device)
+
+
+def _block_keep(mask: Tensor | None, l0: int, l1: int, kend: int, causal: bool, device) -> Tensor | None:
+    """The keep-mask of query block ``[l0, l1)`` against keys ``[0, kend)``: the caller's mask, and'ed with
+    the causal mask when ``causal``."""
+    mask_b = _block_mask(mask, l0, l1)
+    if not causal:
+        return mask_b
+    tri = causal_keep(l0, l1, 0, kend, device)
+    return tri if mask_b is None else mask_b[..., :kend] & tri
+
+
+def _key_end(S: int, l1: int, causal: bool) -> int:
+    """Keys ``[0, end)`` that query block ``[·, l1)`` can see: all, or ``j < l1`` when causal."""
+    return min(l1, S) if causal else S
+
+
+def block_weights(qs_b: Tensor, k: Tensor, coefficients, mask_b: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Logits ``s = q̃ Kᵀ`` and masked weights ``p(s)`` of one query block (two fresh buffers)."""
     a, b, c = coefficients
     s = qs_b @ k.transpose(-1, -2)  # (*batch, block, S)
     w = torch.mul(s, a).add_(b).mul_(s).add_(c)  # p(s) = (a s + b) s + c
@@ -39,55 +65,62 @@ def _weights(qs_b: Tensor, k: Tensor, coefficients, mask_b: Tensor | None) -> tu
 
 class _BlockedDirect(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qs, k, v, mask, coefficients, block):  # noqa: D102
+    def forward(ctx, qs, k, v, mask, coefficients, block, causal):  # noqa: D102
         batch = torch.broadcast_shapes(qs.shape[:-2], k.shape[:-2], v.shape[:-2])
-        L = qs.shape[-2]
+        L, S = qs.shape[-2], k.shape[-2]
         out = qs.new_empty((*batch, L, v.shape[-1]))
         den = qs.new_empty((*batch, L, 1))
         for l0, l1 in spans(L, block):
-            _, w = _weights(qs[..., l0:l1, :], k, coefficients, _block_mask(mask, l0, l1))
+            e = _key_end(S, l1, causal)
+            keep = _block_keep(mask, l0, l1, e, causal, qs.device)
+            _, w = block_weights(qs[..., l0:l1, :], k[..., :e, :], coefficients, keep)
             torch.sum(w, dim=-1, keepdim=True, out=den[..., l0:l1, :])
-            out[..., l0:l1, :] = safe_divide(w @ v, den[..., l0:l1, :])
+            out[..., l0:l1, :] = safe_divide(w @ v[..., :e, :], den[..., l0:l1, :])
         ctx.save_for_backward(qs, k, v, out, den)
-        ctx.mask, ctx.coefficients, ctx.block = mask, coefficients, block
+        ctx.mask, ctx.coefficients, ctx.block, ctx.causal = mask, coefficients, block, causal
         return out
 
     @staticmethod
     def backward(ctx, dout):  # noqa: D102
         no_double_backward()
         qs, k, v, out, den = ctx.saved_tensors
-        mask, (a, b, _), block = ctx.mask, ctx.coefficients, ctx.block
+        mask, (a, b, _), block, causal = ctx.mask, ctx.coefficients, ctx.block, ctx.causal
+        S = k.shape[-2]
         inv = safe_reciprocal(den)  # (*batch, L, 1)
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
         dqs = torch.empty_like(qs) if need_q else None
         dk = torch.zeros_like(k) if need_k else None
         dv = torch.zeros_like(v) if need_v else None
         for l0, l1 in spans(qs.shape[-2], block):
-            mask_b = _block_mask(mask, l0, l1)
+            e = _key_end(S, l1, causal)
+            k_b, v_b = k[..., :e, :], v[..., :e, :]
+            mask_b = _block_keep(mask, l0, l1, e, causal, qs.device)
             q_b = qs[..., l0:l1, :]
-            s, w = _weights(q_b, k, ctx.coefficients, mask_b)
+            s, w = block_weights(q_b, k_b, ctx.coefficients, mask_b)
             g = dout[..., l0:l1, :] * inv[..., l0:l1, :]  # (*batch, block, dv)
             if need_v:
-                dv += w.transpose(-1, -2) @ g
+                dv[..., :e, :] += w.transpose(-1, -2) @ g
             # ∂out_i/∂w_ij = (v_j − out_i) / den_i;  ∂w/∂s = 2 a s + b (0 where masked)
-            dw = torch.matmul(g, v.transpose(-1, -2), out=w)  # reuse w's buffer
+            dw = torch.matmul(g, v_b.transpose(-1, -2), out=w)  # reuse w's buffer
             dw -= (g * out[..., l0:l1, :]).sum(-1, keepdim=True)
             ds = s.mul_(2 * a).add_(b).mul_(dw)
             if mask_b is not None:
                 ds.masked_fill_(~mask_b, 0.0)
             if need_q:
-                dqs[..., l0:l1, :] = ds @ k
+                dqs[..., l0:l1, :] = ds @ k_b
             if need_k:
-                dk += ds.transpose(-1, -2) @ q_b
-        return dqs, dk, dv, None, None, None
+                dk[..., :e, :] += ds.transpose(-1, -2) @ q_b
+        return dqs, dk, dv, None, None, None, None
 
 
-def direct_attention(inp: AttentionInputs, block_size: int | None = None) -> Tensor:
+def direct_attention(inp: AttentionInputs, block_size: int | None = None, is_causal: bool = False) -> Tensor:
     """Direct TaylorShift on validated inputs in their compute dtype; any mask.
 
     Args:
         inp: validated inputs (see :func:`taylorshift.ops.inputs.check_inputs`), already cast.
         block_size: query rows per block; default :func:`default_block_size`.
+        is_causal: also mask key ``j`` for query ``i`` when ``j > i`` (top-left alignment); combined with
+            ``inp.mask``. Key blocks above the diagonal are skipped.
 
     Returns:
         ``(*batch, L, dv)`` in the compute dtype.
@@ -97,4 +130,4 @@ def direct_attention(inp: AttentionInputs, block_size: int | None = None) -> Ten
         block_size = default_block_size(q.shape[:-2].numel(), k.shape[-2])
     elif isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
-    return _BlockedDirect.apply(q * inp.scale, k, v, inp.mask, inp.coefficients, block_size)
+    return _BlockedDirect.apply(q * inp.scale, k, v, inp.mask, inp.coefficients, block_size, bool(is_causal))

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from taylorshift.analysis.complexity import flops_direct, flops_efficient
 from taylorshift.ops.calibration import lookup_ratio
+from taylorshift.ops.causal import causal_efficient_attention, default_causal_chunk_size
 from taylorshift.ops.direct import direct_attention
 from taylorshift.ops.efficient import DEFAULT_FORM, efficient_attention
 from taylorshift.ops.inputs import DEFAULT_COEFFICIENTS, AttentionInputs, check_backend, check_inputs
@@ -15,20 +16,25 @@ from taylorshift.ops.inputs import DEFAULT_COEFFICIENTS, AttentionInputs, check_
 Backend = Literal["auto", "direct", "efficient"]
 
 _IMPLEMENTATIONS = {"direct": direct_attention, "efficient": efficient_attention}
+_CAUSAL_IMPLEMENTATIONS = {
+    "direct": lambda inp: direct_attention(inp, is_causal=True),
+    "efficient": causal_efficient_attention,
+}
 
 
-def _check_is_causal(is_causal: object) -> None:
+def _check_is_causal(is_causal: object) -> bool:
     if not isinstance(is_causal, bool):
         raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__}")
-    if is_causal:
-        raise NotImplementedError(
-            "is_causal=True is not implemented yet (causal TaylorShift, top-left aligned as in "
-            "scaled_dot_product_attention, is planned); pass an explicit bool attn_mask with backend='direct' "
-            "meanwhile, e.g. attn_mask=torch.ones(L, S, dtype=torch.bool).tril()"
-        )
+    return is_causal
 
 
-def _choose(inp: AttentionInputs, backend: str) -> str:
+def _visible_pairs(L: int, S: int) -> int:
+    """Number of (query, key) pairs with ``j <= i`` (top-left causal alignment)."""
+    m = min(L, S)
+    return m * (m + 1) // 2 + (L - m) * S
+
+
+def _choose(inp: AttentionInputs, backend: str, is_causal: bool = False) -> str:
     if backend != "auto":
         return backend
     if not inp.key_only_mask:
@@ -39,7 +45,14 @@ def _choose(inp: AttentionInputs, backend: str) -> str:
     # ρ rescales the analytic model to this machine's measured crossover (1 without a calibration)
     ratio = lookup_ratio(inp.q.device.type, str(inp.out_dtype), d) or 1.0
     efficient_cost = ratio * flops_efficient(L, S, d, dv, form=DEFAULT_FORM)
-    return "efficient" if efficient_cost < flops_direct(L, S, d, dv) else "direct"
+    direct_cost = flops_direct(L, S, d, dv)
+    if is_causal:
+        # direct skips the blocks above the diagonal; efficient adds the in-chunk direct part (C × C per chunk)
+        chunk = min(L, S, default_causal_chunk_size(inp.q.shape[:-2].numel(), d, dv))
+        per_pair = direct_cost / (L * S)
+        direct_cost = per_pair * _visible_pairs(L, S)
+        efficient_cost += per_pair * L * chunk
+    return "efficient" if efficient_cost < direct_cost else "direct"
 
 
 def resolve_backend(
@@ -49,6 +62,7 @@ def resolve_backend(
     attn_mask: Tensor | None = None,
     *,
     backend: Backend = "auto",
+    is_causal: bool = False,
 ) -> str:
     """Name of the backend that :func:`taylor_shift_attention` would run for these arguments.
 
@@ -57,12 +71,15 @@ def resolve_backend(
     crossover when ``taylorshift calibrate`` has stored one for the device type, dtype and head size (see
     :mod:`taylorshift.ops.calibration`), else the analytic FLOP model of the implemented symmetric form
     (:mod:`taylorshift.analysis`; for ``L = S = N``, ``dv = d``: efficient when ``N > (d+1)(d+2)/2``).
+    With ``is_causal=True`` direct is charged only for the visible pairs (about half) and efficient for its
+    in-chunk direct part as well, which moves the crossover to roughly twice the length.
 
     Returns:
         ``"direct"`` or ``"efficient"``.
     """
     backend = check_backend(backend)
-    return _choose(check_inputs(query, key, value, attn_mask), backend)
+    is_causal = _check_is_causal(is_causal)
+    return _choose(check_inputs(query, key, value, attn_mask), backend, is_causal)
 
 
 def taylor_shift_attention(
@@ -88,7 +105,12 @@ def taylor_shift_attention(
         value: ``(*batch, S, dv)``.
         attn_mask: optional **bool** tensor broadcastable to ``(*batch, L, S)``, True = attend; masked
             pairs get weight exactly 0. Float (additive) masks are rejected: ``p(-inf) = +inf``.
-        is_causal: must be False for now (``NotImplementedError``).
+        is_causal: causal attention, **top-left aligned** like ``scaled_dot_product_attention``: query ``i``
+            attends to keys ``j <= i`` (for ``L != S`` too: with ``L > S`` the queries ``i >= S`` see every
+            key, with ``L < S`` the keys ``j >= L`` are never attended). Unlike SDPA it may be combined with
+            ``attn_mask`` (both must allow a pair). Both backends support it; ``"efficient"`` (the chunked
+            running-state form of :mod:`taylorshift.ops.causal`) only with key-padding masks. Rows that
+            see no key give 0.
         scale: ``None`` (``1/√d``), a float, or a tensor broadcastable to ``(*batch, 1, 1)`` (for example
             a per-head temperature of shape ``(H, 1, 1)``); gradients flow into a tensor scale.
         backend: ``"direct"`` (O(L·S·d), any mask), ``"efficient"`` (O((L+S)·d²·dv), key-padding masks
@@ -99,12 +121,12 @@ def taylor_shift_attention(
         ``(*batch, L, dv)`` in the dtype of ``query``. float16/bfloat16 inputs are computed in float32.
 
     Raises:
-        TypeError: non-tensors, non-float dtypes, mixed dtypes, float masks.
+        TypeError: non-tensors, non-float dtypes, mixed dtypes, float masks, a non-bool ``is_causal``.
         ValueError: shape mismatches, wrong mask shapes, mixed devices, bad coefficients or backend.
-        NotImplementedError: ``is_causal=True``.
     """
     backend = check_backend(backend)
     inp = check_inputs(query, key, value, attn_mask, scale, coefficients)
-    _check_is_causal(is_causal)
-    name = _choose(inp, backend)
-    return _IMPLEMENTATIONS[name](inp.cast()).to(inp.out_dtype)
+    is_causal = _check_is_causal(is_causal)
+    name = _choose(inp, backend, is_causal)
+    implementations = _CAUSAL_IMPLEMENTATIONS if is_causal else _IMPLEMENTATIONS
+    return implementations[name](inp.cast()).to(inp.out_dtype)

@@ -13,8 +13,9 @@ second-order monomials); ``"full"`` is the paper's ``d²``.
 Streaming. Keys are folded into ``Z`` chunk by chunk and queries read ``Z`` chunk by chunk, so the
 ``N × F`` feature tensors are never held whole: extra memory is ``O(chunk·F + F·dv)`` per head. The custom
 backward recomputes the features chunk by chunk, so training stores only ``q̃, k, V'``, the output, the
-denominator and ``Z``: ``O(N·d + F·dv)``. A causal variant reuses :func:`accumulate_state` and
-:func:`read_state` with a running state.
+denominator and ``Z``: ``O(N·d + F·dv)``. The causal variant (:mod:`taylorshift.ops.causal`) reuses
+:func:`augment_values`, :func:`accumulate_state`, :func:`state_product` and :func:`read_state` with a
+running state.
 
 Numerics. ``V'`` is divided by the number of key positions ``S`` (it cancels in the ratio), so ``Z`` is an
 average and stays ``O(max |v|)`` at any length; fp16/bf16 inputs are computed in float32.
@@ -73,6 +74,12 @@ def accumulate_state(state: Tensor, k: Tensor, vp: Tensor, form: Form, chunk: in
     return state
 
 
+def state_product(qs: Tensor, weighted_state: Tensor, form: Form) -> Tensor:
+    """``φ(q̃)ᵀ diag(w) Z`` for the rows of ``qs (*batch, c, d)``: ``(*batch, c, dv+1)``, the numerators and, in
+    the last column, the denominators (one chunk; the caller bounds ``c``)."""
+    return taylor_features(qs, form).transpose(-1, -2) @ weighted_state
+
+
 def read_state(qs: Tensor, weighted_state: Tensor, form: Form, chunk: int) -> tuple[Tensor, Tensor]:
     """Read ``diag(w)·state`` ``(*batch, F, dv+1)`` with scaled queries ``qs (*batch, L, d)``.
 
@@ -83,8 +90,7 @@ def read_state(qs: Tensor, weighted_state: Tensor, form: Form, chunk: int) -> tu
     L, e = qs.shape[-2], weighted_state.shape[-1]
     y = qs.new_empty((*qs.shape[:-1], e))
     for l0, l1 in spans(L, chunk):
-        phi = taylor_features(qs[..., l0:l1, :], form)  # (*batch, F, c)
-        y[..., l0:l1, :] = phi.transpose(-1, -2) @ weighted_state
+        y[..., l0:l1, :] = state_product(qs[..., l0:l1, :], weighted_state, form)
     den = y[..., -1:]
     return safe_divide(y[..., :-1], den), den
 

@@ -19,6 +19,7 @@ by row, ``(0,0), (0,1) … (0,d-1), (1,1) … (d-1,d-1)`` (symmetric) or all ``(
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -58,6 +59,25 @@ def feature_weights(
     return torch.cat([second, first, torch.full((1,), c, dtype=dtype, device=device)])
 
 
+# Up to this many rows (decoding steps, tiny chunks) the symmetric features are gathered from the full outer
+# product in a few calls instead of d row-by-row products: the per-call overhead dominates there.
+_FEW_ROWS = 4
+
+
+@functools.lru_cache(maxsize=64)
+def _upper_triangle(d: int, device: torch.device) -> Tensor:
+    """Flat indices ``i·d + j`` of the pairs ``i <= j`` in the row order of the symmetric form."""
+    i, j = torch.triu_indices(d, d, device=device)
+    return i * d + j
+
+
+def _few_row_features(x: Tensor, xt: Tensor) -> Tensor:
+    d = x.shape[-1]
+    outer = (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)  # (*batch, N, d²)
+    second = outer.index_select(-1, _upper_triangle(d, x.device)).transpose(-1, -2)  # (*batch, F2, N)
+    return torch.cat([second, xt, torch.ones_like(xt[..., :1, :])], dim=-2)
+
+
 def taylor_features(x: Tensor, form: Form = "symmetric", *, out: Tensor | None = None) -> Tensor:
     """Unweighted features ``φ(x) = [second-order, x, 1]`` of each row of ``x``, feature-major.
 
@@ -79,6 +99,8 @@ def taylor_features(x: Tensor, form: Form = "symmetric", *, out: Tensor | None =
         else:
             second = [xt[..., i : i + 1, :] * xt[..., i:, :] for i in range(d)]
         return torch.cat([*second, xt, torch.ones_like(xt[..., :1, :])], dim=-2)
+    if out is None and N <= _FEW_ROWS and form == "symmetric" and d > 1:
+        return _few_row_features(x, xt)
     if out is None:
         out = x.new_empty((*x.shape[:-2], F, N))
     n2 = F - d - 1

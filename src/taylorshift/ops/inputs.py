@@ -25,6 +25,13 @@ _COMPUTE_DTYPE = {
 }
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels compute and accumulate in for inputs of ``dtype`` (float32 for half precision)."""
+    if dtype not in _COMPUTE_DTYPE:
+        raise TypeError(f"expected float16, bfloat16, float32 or float64, got {dtype}")
+    return _COMPUTE_DTYPE[dtype]
+
+
 @dataclass(frozen=True)
 class AttentionInputs:
     """Validated arguments (tensors in the caller's dtype until :meth:`cast`).

@@ -21,11 +21,13 @@ def taylor_shift_attention_reference(
     scale: float | Tensor | None = None,
     coefficients: tuple[float, float, float] = (0.5, 1.0, 1.0),
     rows: Tensor | None = None,
+    is_causal: bool = False,
 ) -> Tensor:
     """Exact TaylorShift attention in float64.
 
     ``out_i = Σ_j m_ij p(s_ij) v_j / Σ_j m_ij p(s_ij)`` with ``s_ij = scale · q_i·k_j``,
-    ``p(x) = a x² + b x + c`` and ``m`` the boolean mask; a row without attendable keys is zero.
+    ``p(x) = a x² + b x + c`` and ``m`` the boolean mask (and ``j <= i`` when ``is_causal``); a row without
+    attendable keys is zero.
 
     Args:
         query: ``(*batch, L, d)``.
@@ -36,6 +38,9 @@ def taylor_shift_attention_reference(
         coefficients: ``(a, b, c)``.
         rows: optional 1-D index tensor of query rows to evaluate (so that very long sequences can be
             checked on a subset of rows against all keys without L×S memory).
+        is_causal: also mask every pair with ``j > i`` (top-left alignment, as in
+            ``scaled_dot_product_attention``; also for ``L != S``), and'ed with ``attn_mask``: the explicit
+            lower-triangular L×S (or rows×S) mask.
 
     Returns:
         float64 tensor ``(*batch, L, dv)`` (``(*batch, len(rows), dv)`` when ``rows`` is given).
@@ -48,10 +53,15 @@ def taylor_shift_attention_reference(
     mask = attn_mask
     if mask is not None:
         mask = mask.expand(*q.shape[:-1], k.shape[-2])
+    row_index = torch.arange(q.shape[-2], device=q.device)
     if rows is not None:
         q = q[..., rows, :]
+        row_index = row_index[rows]
         if mask is not None:
             mask = mask[..., rows, :]
+    if is_causal:
+        causal = row_index.unsqueeze(-1) >= torch.arange(k.shape[-2], device=q.device)  # (rows, S): j <= i
+        mask = causal if mask is None else mask & causal
     a, b, c = coefficients
     s = scale * (q @ k.transpose(-1, -2))  # (*batch, L, S)
     w = a * s * s + b * s + c
