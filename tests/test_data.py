@@ -461,7 +461,7 @@ def test_polarity_csv_with_bom(tmp_path, monkeypatch):
 
 
 def test_registry():
-    assert list_tasks() == ["listops", "pathfinder", "text", "pixels", "fmnist_images"]
+    assert list_tasks() == ["listops", "pathfinder", "text", "pixels", "fmnist_images", "fortunes-lm"]
     from taylorshift.data import cli
 
     assert tuple(list_tasks()) == cli.TASKS

@@ -33,6 +33,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "norms of the efficient path's intermediate results vs N and d, with and without normalisation",
     ),
     "data": ("taylorshift.data.cli", "list the benchmark tasks, prepare their data in the cache, verify checksums"),
+    "generate": (
+        "taylorshift.generate",
+        "sample text from a trained byte-level language model checkpoint, streamed to stdout as it is generated",
+    ),
+    "train": ("taylorshift.train.cli", "train a model on a task (resumable, CSV metrics, plots, torchrun-ready)"),
+    "eval": ("taylorshift.train.eval", "evaluate a checkpoint with any backend; compare direct and efficient"),
 }
 
 

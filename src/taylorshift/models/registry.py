@@ -33,8 +33,23 @@ pathfinder_cpu  sequence 64    2     4     16   1.0   as ``pathfinder``
 vit_tiny_fmnist vit      64    4     4     16   2.0   28×28 grey (padded to 32), patch 4, 10 classes
 =============== ======== ===== ===== ===== ==== ===== =================================================
 
-Every preset uses drop-path 0.05 and LayerScale 1e-4 (the paper's defaults); override any config field
-through ``create_model(name, **overrides)``.
+Every classifier preset uses drop-path 0.05 and LayerScale 1e-4 (the paper's defaults); override any config
+field through ``create_model(name, **overrides)``.
+
+Language model (:class:`~taylorshift.models.lm.CausalLM`, causal attention, byte vocabulary):
+
+=============== ======== ===== ===== ===== ==== ===== =================================================
+name            family   D     depth heads d    mlp   input
+=============== ======== ===== ===== ===== ==== ===== =================================================
+fortunes_lm     lm       128   4     8     16   4.0   bytes (256), trained on 512, contexts ≤ 4096
+=============== ======== ===== ===== ===== ==== ===== =================================================
+
+``fortunes_lm`` is sized for CPU training on the ``fortunes-lm`` task (2.3 MB of text): 0.86 M parameters, so
+an epoch of 512-byte windows takes minutes on two cores. The head size d = 16 keeps TaylorShift's recurrent
+decoding state small and its per-token cost low: ``F = d(d+1)/2 + d + 1 = 153`` features, a state of
+``F·(d+1)`` numbers per head (about 10 KiB in fp32, 330 KiB for all 8 heads × 4 blocks) against the softmax KV
+cache's ``2·H·d = 256`` numbers per token and block (4 KiB per token for the model), so the state is smaller than
+the cache from about 80 tokens of context on. Drop-path is 0 (a small LM on a small corpus; LayerScale stays).
 """
 
 from __future__ import annotations
@@ -46,11 +61,12 @@ from typing import Any
 from torch import nn
 
 from taylorshift.models.classifier import SequenceClassifier, SequenceClassifierConfig
+from taylorshift.models.lm import CausalLM, CausalLMConfig
 from taylorshift.models.vit import VisionTransformer, ViTConfig
 from taylorshift.nn import check_attention
 from taylorshift.ops.inputs import check_backend
 
-ModelConfig = SequenceClassifierConfig | ViTConfig
+ModelConfig = SequenceClassifierConfig | ViTConfig | CausalLMConfig
 
 _Seq, _ViT = SequenceClassifierConfig, ViTConfig
 _CPU = {"dim": 64, "num_heads": 4, "head_dim": 16}
@@ -71,11 +87,14 @@ _PRESETS: dict[str, ModelConfig] = {
     "pixels_cpu": _Seq(256, 10, 1024, depth=1, mlp_ratio=1.0, **_CPU),
     "pathfinder_cpu": _Seq(256, 2, 1024, depth=2, mlp_ratio=1.0, **_CPU),
     "vit_tiny_fmnist": _ViT(10, img_size=32, input_size=28, patch_size=4, in_chans=1, depth=4, mlp_ratio=2.0, **_CPU),
+    # language model (CPU size)
+    "fortunes_lm": CausalLMConfig(256, 4096, dim=128, depth=4, num_heads=8, head_dim=16, mlp_ratio=4.0),
 }
 
 _MODEL_CLASSES: dict[type, type[nn.Module]] = {
     SequenceClassifierConfig: SequenceClassifier,
     ViTConfig: VisionTransformer,
+    CausalLMConfig: CausalLM,
 }
 
 

@@ -110,6 +110,8 @@ class Block(nn.Module):
     Shapes:
         ``forward(x, key_padding_mask=None)``: ``x (B, N, C)`` → ``(B, N, C)``; ``key_padding_mask (B, N)``
         bool, True = padding, is passed to the attention.
+        ``prefill(x, cache)`` / ``step(x, cache)``: the same block with the attention's incremental decoding
+        (a causal attention module's ``prefill`` / ``step`` and its cache); ``x (B, N, C)`` / ``(B, 1, C)``.
     """
 
     def __init__(
@@ -135,6 +137,18 @@ class Block(nn.Module):
         self.ls2 = nn.Identity() if layer_scale_init is None else LayerScale(dim, layer_scale_init)
         self.drop_path2 = DropPath(drop_path)
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), key_padding_mask=key_padding_mask)))
+    def _residuals(self, x: Tensor, attn_out: Tensor) -> Tensor:
+        """Both residual branches, given the attention's output on ``norm1(x)``."""
+        x = x + self.drop_path1(self.ls1(attn_out))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        return self._residuals(x, self.attn(self.norm1(x), key_padding_mask=key_padding_mask))
+
+    def prefill(self, x: Tensor, cache: object) -> Tensor:
+        """The block on a chunk ``x (B, N, C)`` that follows the cached tokens; the attention updates ``cache``."""
+        return self._residuals(x, self.attn.prefill(self.norm1(x), cache))
+
+    def step(self, x: Tensor, cache: object) -> Tensor:
+        """The block on one new token ``x (B, 1, C)``; the attention updates ``cache``."""
+        return self._residuals(x, self.attn.step(self.norm1(x), cache))

@@ -42,7 +42,8 @@ class SinusoidalPositionalEncoding(nn.Module):
         base: frequency base (10000 in the paper).
 
     Shapes:
-        ``x (B, N, D)`` with ``N <= max_len`` → ``(B, N, D)``.
+        ``forward(x, offset=0)``: ``x (B, N, D)`` → ``(B, N, D)``, adding the encodings of positions
+        ``offset … offset + N - 1`` (an offset for incremental decoding); ``offset + N <= max_len``.
     """
 
     def __init__(self, dim: int, max_len: int, base: float = 10000.0) -> None:
@@ -53,10 +54,11 @@ class SinusoidalPositionalEncoding(nn.Module):
     def extra_repr(self) -> str:
         return f"dim={self.dim}, max_len={self.max_len}"
 
-    def forward(self, x: Tensor) -> Tensor:
-        if x.shape[1] > self.max_len:
-            raise ValueError(f"sequence length {x.shape[1]} exceeds max_len={self.max_len} of the positional table")
-        return x + self.pe[: x.shape[1]].to(x.dtype)
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        if offset + x.shape[1] > self.max_len:
+            where = f"sequence length {x.shape[1]}" + (f" at offset {offset}" if offset else "")
+            raise ValueError(f"{where} exceeds max_len={self.max_len} of the positional table")
+        return x + self.pe[offset: offset + x.shape[1]].to(x.dtype)
 
 
 def _check_tokens(x: object, input_dim: int) -> None:
