@@ -165,11 +165,41 @@ def write_report(runs: Path, tasks, attentions, doc: Path, budget: float) -> Pat
               "so the efficient form's linear cost is what runs; with head size 64 (N0 = 2,145) only the text task "
               "would be past it. The ViT task has 65 tokens, below the crossover, so `auto` runs the direct form "
               "there.", ""]
+    lines += lm_section(runs.parent / "lm")
     doc.write_text("\n".join(lines) + "\n")
     flat = {t: {a: ({k: v for k, v in s.items() if k != "folder"} if s else None) for a, s in row.items()}
             for t, row in results.items()}
     (figs / "results.json").write_text(json.dumps(flat, indent=2, default=str) + "\n")
     return doc
+
+
+def lm_section(lm_runs: Path) -> list[str]:
+    """The causal byte-level LM (issue #6) trained by ``configs/lm/fortunes.yaml``, with a generated sample."""
+    found = {a: lm_runs / f"fortunes-{a}" for a in ("taylorshift", "softmax")}
+    found = {a: f for a, f in found.items() if (f / "summary.json").exists()}
+    if not found:
+        return []
+    lines = ["## Causal byte-level language model (fortunes)", "",
+             "`taylorshift train --config configs/lm/fortunes.yaml --attention <a>`: the `fortunes_lm` preset "
+             "(D 128, depth 4, 8 heads of 16, causal), 512-byte windows of the Debian fortunes corpus, batch 16, "
+             "AdamW lr 2e-3, the same CPU budget per model. Loss in bits per byte on held-out entries.", "",
+             "| attention | steps | bytes seen | CPU min | val bits/byte | test bits/byte | test next-byte accuracy |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for a, folder in found.items():
+        s = json.loads((folder / "summary.json").read_text())
+        seq = json.loads((folder / "config.json").read_text())["data_options"].get("seq_len", 512)
+        ln2 = 0.6931471805599453
+        lines.append(f"| {a} | {s['steps']} | {s['samples_seen'] * seq:,} | {s['cpu_seconds'] / 60:.1f} | "
+                     f"{s['val']['loss'] / ln2:.3f} | {s['test']['loss'] / ln2:.3f} | {_pct(s['test']['accuracy'])} |")
+    if "taylorshift" in found:
+        cmd = [sys.executable, "-m", "taylorshift", "generate", "--checkpoint", str(found["taylorshift"]),
+               "--prompt", "The ", "--max-new-tokens", "300", "--temperature", "0.8", "--seed", "0",
+               "--stop-byte", "0", "--threads", "1"]
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        sample = out.stdout.strip() if out.returncode == 0 else f"(generation failed: {out.stderr[-300:]})"
+        lines += ["", "Sample (`taylorshift generate --checkpoint <run> --prompt \"The \" --temperature 0.8 --seed 0 "
+                  "--stop-byte 0`, recurrent decoding):", "", "```text", sample, "```"]
+    return lines + [""]
 
 
 def _steps_per_epoch(summary: dict) -> int:

@@ -1,4 +1,4 @@
-"""Shared test helpers: tolerances per dtype and input factories."""
+"""Shared test helpers: tolerances per dtype, input factories and a gradient check."""
 
 from __future__ import annotations
 
@@ -41,6 +41,16 @@ def make_qkv(B, H, L, S, d, dv=None, dtype=torch.float32, seed=0, unit=False):
         q = q / q.norm(dim=-1, keepdim=True)
         k = k / k.norm(dim=-1, keepdim=True)
     return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def assert_every_parameter_has_a_gradient(module: torch.nn.Module, label: str, nonzero: bool = True) -> None:
+    """After a backward: every parameter of ``module`` has a finite (and, if ``nonzero``, not all-zero) gradient;
+    ``label`` starts the failure messages."""
+    for pname, p in module.named_parameters():
+        assert p.grad is not None, f"{label}: {pname} received no gradient"
+        assert torch.isfinite(p.grad).all(), f"{label}: {pname} has a non-finite gradient"
+        if nonzero:
+            assert p.grad.abs().sum() > 0, f"{label}: {pname} has a zero gradient"
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import rel_err, tolerance
+from conftest import assert_every_parameter_has_a_gradient, rel_err, tolerance
 from taylorshift.cli import main
 from taylorshift.generate import decode_stream, generate_bytes, generate_text
 from taylorshift.models import CausalLM, CausalLMConfig, LMCache, create_model, model_config
@@ -58,9 +58,7 @@ def test_forward_backward_every_parameter_gets_a_gradient(attention):
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, 256), ids[:, 1:].reshape(-1))
     assert abs(loss.item() - torch.log(torch.tensor(256.0)).item()) < 0.5  # near uniform at init
     loss.backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None, f"{attention}: {name} received no gradient"
-        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, f"{attention}: {name}"
+    assert_every_parameter_has_a_gradient(model, attention)
 
 
 @pytest.mark.parametrize("attention", CAUSAL_ATTENTION_TYPES)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import rel_err
+from conftest import assert_every_parameter_has_a_gradient, rel_err
 from taylorshift.models import (
     CausalLMConfig,
     SequenceClassifierConfig,
@@ -93,10 +93,7 @@ def test_every_model_runs_forward_and_backward(name, attention):
     assert logits.shape == (2, model.config.num_classes)
     assert torch.isfinite(logits).all()
     (logits * torch.randn_like(logits)).sum().backward()
-    for pname, p in model.named_parameters():
-        assert p.grad is not None, f"{name}/{attention}: {pname} received no gradient"
-        assert torch.isfinite(p.grad).all(), f"{name}/{attention}: {pname} has a non-finite gradient"
-        assert p.grad.abs().sum() > 0, f"{name}/{attention}: {pname} has a zero gradient"
+    assert_every_parameter_has_a_gradient(model, f"{name}/{attention}")
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -15,7 +15,6 @@ import gzip
 import hashlib
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from taylorshift.data.cache import (
     record_files,
     resolve_cache_dir,
 )
+from taylorshift.data.debian import DebianSource, locate_files
 from taylorshift.data.sequences import ImageDataset, PixelSequenceDataset
 
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
@@ -37,6 +37,7 @@ FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+ALL_FILES: tuple[str, ...] = tuple(name for names in FILES.values() for name in names)
 SPLITS = ("train", "test")
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 # sha256 of the *decompressed* files (Debian re-gzips them, so the .gz bytes differ from Zalando's originals)
@@ -73,29 +74,15 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def _find_files(folder: Path) -> bool:
-    return all((folder / name).is_file() for names in FILES.values() for name in names)
+    return all((folder / name).is_file() for name in ALL_FILES)
 
 
-def _apt_download(dest: Path) -> Path:
-    """``apt-get download`` the package into ``dest`` and unpack it there; returns the folder with the files."""
-    apt, dpkg = shutil.which("apt-get"), shutil.which("dpkg-deb")
-    if apt is None or dpkg is None:
-        raise DataSourceError(
-            f"Fashion-MNIST needs the Debian package {DEBIAN_PACKAGE!r}, fetched with 'apt-get download' and "
-            "unpacked with 'dpkg-deb', but apt-get or dpkg-deb is not on PATH. Either install the package "
-            f"('sudo apt-get install {DEBIAN_PACKAGE}') on a Debian/Ubuntu machine, or download the four "
-            "*-ubyte.gz files of Fashion-MNIST yourself and run 'taylorshift data prepare pixels --source DIR'.")
-    result = subprocess.run([apt, "download", DEBIAN_PACKAGE], cwd=dest, capture_output=True, text=True)
-    debs = sorted(dest.glob(f"{DEBIAN_PACKAGE}_*.deb"))
-    if result.returncode != 0 or not debs:
-        raise DataSourceError(
-            f"'apt-get download {DEBIAN_PACKAGE}' failed ({result.stderr.strip() or result.stdout.strip()}). "
-            "Run 'sudo apt-get update' (the package is in Debian's main archive, bookworm and later) and retry, "
-            f"or install it with 'sudo apt-get install {DEBIAN_PACKAGE}', or pass the folder holding the "
-            "*-ubyte.gz files with --source DIR.")
-    unpacked = dest / "unpacked"
-    subprocess.run([dpkg, "-x", str(debs[0]), str(unpacked)], check=True, capture_output=True)
-    return unpacked / PACKAGE_SUBDIR
+DEBIAN_SOURCE = DebianSource(
+    what="Fashion-MNIST", packages=(DEBIAN_PACKAGE,), subdir=PACKAGE_SUBDIR, task="pixels", complete=_find_files,
+    contents="the expected files", folder="the folder holding the *-ubyte.gz files",
+    manual="download the four *-ubyte.gz files of Fashion-MNIST yourself",
+    archive="the package is in Debian's main archive, bookworm and later",
+    source_problem=f"does not hold the Fashion-MNIST files {', '.join(ALL_FILES)}")
 
 
 def prepare_fashion_mnist(cache_dir: str | os.PathLike | None = None,
@@ -113,22 +100,8 @@ def prepare_fashion_mnist(cache_dir: str | os.PathLike | None = None,
     folder = resolve_cache_dir(cache_dir) / "fashion-mnist"
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".fetch-") as tmp:
-        if source is not None:
-            src = Path(source)
-            if not _find_files(src):
-                raise DataSourceError(f"--source {src} does not hold the Fashion-MNIST files "
-                                      f"{', '.join(n for names in FILES.values() for n in names)}")
-            origin = str(src)
-        else:
-            src = next((Path(d) for d in SYSTEM_DIRS if _find_files(Path(d))), None)
-            origin = str(src)
-            if src is None:
-                src = _apt_download(Path(tmp))
-                origin = f"apt-get download {DEBIAN_PACKAGE}"
-                if not _find_files(src):
-                    raise DataSourceError(f"the package {DEBIAN_PACKAGE} did not contain the expected files in "
-                                          f"/{PACKAGE_SUBDIR}; pass a folder holding them with --source DIR")
-        for name in (n for names in FILES.values() for n in names):  # check everything before copying anything
+        src, origin = locate_files(DEBIAN_SOURCE, source, SYSTEM_DIRS, Path(tmp))
+        for name in ALL_FILES:  # check everything before copying anything
             with gzip.open(src / name, "rb") as f:
                 digest = hashlib.sha256(f.read()).hexdigest()
             if name in CONTENT_SHA256 and digest != CONTENT_SHA256[name]:

@@ -17,8 +17,6 @@ stream into windows of ``seq_len + 1`` bytes (vocabulary 256): inputs are ``wind
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from taylorshift.data.cache import (
     record_files,
     resolve_cache_dir,
 )
+from taylorshift.data.debian import DebianSource, locate_files
 
 DEBIAN_PACKAGES: tuple[str, ...] = ("fortunes", "fortunes-min")
 SYSTEM_DIRS: tuple[str, ...] = ("/usr/share/games/fortunes",)
@@ -72,27 +71,16 @@ def _has_topics(folder: Path) -> bool:
     return folder.is_dir() and all((folder / name).is_file() for name in REQUIRED_TOPICS)
 
 
-def _apt_download(dest: Path) -> Path:
-    """``apt-get download`` the packages into ``dest``, unpack them there; returns the folder with the topics."""
-    apt, dpkg = shutil.which("apt-get"), shutil.which("dpkg-deb")
-    wanted = " ".join(DEBIAN_PACKAGES)
-    if apt is None or dpkg is None:
-        raise DataSourceError(
-            f"the fortunes corpus needs the Debian packages {wanted}, fetched with 'apt-get download' and "
-            "unpacked with 'dpkg-deb', but apt-get or dpkg-deb is not on PATH. Either install them "
-            f"('sudo apt-get install {wanted}') on a Debian/Ubuntu machine, or copy a folder of fortune files "
-            "(entries separated by '%' lines) and run 'taylorshift data prepare fortunes-lm --source DIR'.")
-    result = subprocess.run([apt, "download", *DEBIAN_PACKAGES], cwd=dest, capture_output=True, text=True)
-    debs = sorted(dest.glob("*.deb"))
-    if result.returncode != 0 or not debs:
-        raise DataSourceError(
-            f"'apt-get download {wanted}' failed ({result.stderr.strip() or result.stdout.strip()}). Run "
-            "'sudo apt-get update' (the packages are in Debian's and Ubuntu's main archives) and retry, or install "
-            f"them with 'sudo apt-get install {wanted}', or pass a folder of fortune files with --source DIR.")
-    unpacked = dest / "unpacked"
-    for deb in debs:
-        subprocess.run([dpkg, "-x", str(deb), str(unpacked)], check=True, capture_output=True)
-    return unpacked / PACKAGE_SUBDIR
+def _is_topic_folder(folder: Path) -> bool:
+    return folder.is_dir() and bool(topic_files(folder))
+
+
+DEBIAN_SOURCE = DebianSource(
+    what="the fortunes corpus", packages=DEBIAN_PACKAGES, subdir=PACKAGE_SUBDIR, task="fortunes-lm",
+    complete=_has_topics, contents=f"the topics {REQUIRED_TOPICS}", folder="a folder of fortune files",
+    manual="copy a folder of fortune files (entries separated by '%' lines)",
+    archive="the packages are in Debian's and Ubuntu's main archives",
+    source_problem="is not a folder of fortune files", source_ok=_is_topic_folder)
 
 
 def prepare_fortunes(cache_dir: str | os.PathLike | None = None,
@@ -111,21 +99,7 @@ def prepare_fortunes(cache_dir: str | os.PathLike | None = None,
     folder = resolve_cache_dir(cache_dir) / "fortunes"
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".fetch-") as tmp:
-        if source is not None:
-            src = Path(source)
-            if not src.is_dir() or not topic_files(src):
-                raise DataSourceError(f"--source {src} is not a folder of fortune files")
-            origin = str(src)
-        else:
-            src = next((Path(d) for d in SYSTEM_DIRS if _has_topics(Path(d))), None)
-            origin = str(src)
-            if src is None:
-                src = _apt_download(Path(tmp))
-                origin = f"apt-get download {' '.join(DEBIAN_PACKAGES)}"
-                if not _has_topics(src):
-                    raise DataSourceError(f"the packages {', '.join(DEBIAN_PACKAGES)} did not contain the topics "
-                                          f"{REQUIRED_TOPICS} in /{PACKAGE_SUBDIR}; pass a folder of fortune files "
-                                          "with --source DIR")
+        src, origin = locate_files(DEBIAN_SOURCE, source, SYSTEM_DIRS, Path(tmp))
         names, chunks, topics = [], [], []
         for path in topic_files(src):
             entries = parse_fortune_file(path.read_bytes())

@@ -31,8 +31,11 @@ from taylorshift.ops.causal import TaylorShiftState
 from taylorshift.ops.inputs import check_backend
 
 
-def check_module_args(dim: int, num_heads: int, head_dim: int | None, attn_drop: float, proj_drop: float) -> int:
+def check_module_args(dim: int, num_heads: int, head_dim: int | None, attn_drop: float, proj_drop: float,
+                      causal: bool = False) -> int:
     """Validate the shared constructor arguments; return the resolved ``head_dim``."""
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     for name, value in (("dim", dim), ("num_heads", num_heads)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -144,10 +147,8 @@ class TaylorShiftAttention(nn.Module):
         causal: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(causal, bool):
-            raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+        head_dim = check_module_args(dim, num_heads, head_dim, attn_drop, proj_drop, causal)
         self.causal = causal
-        head_dim = check_module_args(dim, num_heads, head_dim, attn_drop, proj_drop)
         self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
         self.normalize_qk, self.output_scale = bool(normalize_qk), bool(output_scale)
         self.coefficients = check_coefficients(coefficients)

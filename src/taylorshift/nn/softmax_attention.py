@@ -104,9 +104,7 @@ class SoftmaxAttention(nn.Module):
         causal: bool = False,
     ) -> None:
         super().__init__()
-        head_dim = check_module_args(dim, num_heads, head_dim, attn_drop, proj_drop)
-        if not isinstance(causal, bool):
-            raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+        head_dim = check_module_args(dim, num_heads, head_dim, attn_drop, proj_drop, causal)
         self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
         self.attn_drop, self.causal = float(attn_drop), causal
         inner = num_heads * head_dim

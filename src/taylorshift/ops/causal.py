@@ -51,6 +51,8 @@ from taylorshift.ops.efficient import (
     DEFAULT_FORM,
     accumulate_state,
     augment_values,
+    check_chunk_size,
+    check_efficient_call,
     default_chunk_size,
     read_state,
     state_product,
@@ -82,14 +84,6 @@ def default_causal_chunk_size(batch: int, d: int, dv: int, form: Form = DEFAULT_
     future tuning.
     """
     return int(min(256, default_chunk_size(batch, feature_dim(d, form))))
-
-
-def check_chunk_size(chunk_size: object) -> int | None:
-    if chunk_size is None:
-        return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    return chunk_size
 
 
 def _causal_forward(qs, k, vp, state, w, coefficients, form, chunk, keep_state):
@@ -205,14 +199,8 @@ def causal_efficient_attention(
     Returns:
         ``(*batch, L, dv)`` in the compute dtype.
     """
-    if not inp.key_only_mask:
-        raise ValueError(
-            "backend='efficient' with is_causal=True supports only key-padding masks broadcastable to "
-            f"(*batch, 1, S); got attn_mask of shape {tuple(inp.mask.shape)}. Use backend='direct' or 'auto'."
-        )
-    form = check_form(form)
+    form, chunk = check_efficient_call(inp, form, chunk_size, is_causal=True)
     q, k, v = inp.q, inp.k, inp.v
-    chunk = check_chunk_size(chunk_size)
     if chunk is None:
         chunk = default_causal_chunk_size(k.shape[:-2].numel(), k.shape[-1], v.shape[-1], form)
     vp = augment_values(v, inp.mask, 1.0)

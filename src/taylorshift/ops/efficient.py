@@ -47,6 +47,29 @@ def default_chunk_size(batch: int, F: int) -> int:
     return int(min(1024, max(128, (1 << 22) // max(1, batch * F))))
 
 
+def check_chunk_size(chunk_size: object) -> int | None:
+    """``chunk_size`` if it is None or a positive int, else ``ValueError``."""
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    return chunk_size
+
+
+def check_efficient_call(
+    inp: AttentionInputs, form: object, chunk_size: object, is_causal: bool = False
+) -> tuple[Form, int | None]:
+    """The checks of both efficient kernels: a mask that depends on the key alone, the feature form and the chunk
+    size; returns ``(form, chunk_size)``."""
+    if not inp.key_only_mask:
+        raise ValueError(
+            f"backend='efficient'{' with is_causal=True' if is_causal else ''} supports only key-padding masks "
+            f"broadcastable to (*batch, 1, S); got attn_mask of shape {tuple(inp.mask.shape)}. Use backend='direct' "
+            "or 'auto' for general masks."
+        )
+    return check_form(form), check_chunk_size(chunk_size)
+
+
 def augment_values(v: Tensor, key_mask: Tensor | None, norm: float) -> Tensor:
     """``V' = [V | 1] / norm`` with the rows of masked keys zeroed.
 
@@ -156,18 +179,11 @@ def efficient_attention(inp: AttentionInputs, form: Form = DEFAULT_FORM, chunk_s
     Returns:
         ``(*batch, L, dv)`` in the compute dtype.
     """
-    if not inp.key_only_mask:
-        raise ValueError(
-            "backend='efficient' supports only key-padding masks broadcastable to (*batch, 1, S); "
-            f"got attn_mask of shape {tuple(inp.mask.shape)}. Use backend='direct' or 'auto' for general masks."
-        )
-    form = check_form(form)
+    form, chunk_size = check_efficient_call(inp, form, chunk_size)
     q, k, v = inp.q, inp.k, inp.v
     S, d = k.shape[-2], k.shape[-1]
     if chunk_size is None:
         chunk_size = default_chunk_size(k.shape[:-2].numel(), feature_dim(d, form))
-    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     vp = augment_values(v, inp.mask, float(max(S, 1)))
     qs = q * inp.scale
     return _StreamingEfficient.apply(qs, k, vp, inp.coefficients, form, chunk_size)

@@ -111,6 +111,14 @@ def _check_tensor(name: str, t: object) -> Tensor:
     return t
 
 
+def _broadcasts_to(shape: torch.Size, target: tuple[int, ...]) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to exactly ``target`` (not to a larger shape)."""
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
 def _check_mask(attn_mask: object, q: Tensor, target: tuple[int, ...]) -> Tensor | None:
     if attn_mask is None:
         return None
@@ -127,11 +135,7 @@ def _check_mask(attn_mask: object, q: Tensor, target: tuple[int, ...]) -> Tensor
         raise TypeError(f"attn_mask must be a bool tensor (True = attend), got dtype {attn_mask.dtype}")
     if attn_mask.device != q.device:
         raise ValueError(f"attn_mask is on {attn_mask.device} but query is on {q.device}")
-    try:
-        shape = torch.broadcast_shapes(attn_mask.shape, target)
-    except RuntimeError:
-        shape = None
-    if shape != target:
+    if not _broadcasts_to(attn_mask.shape, target):
         raise ValueError(
             f"attn_mask of shape {tuple(attn_mask.shape)} is not broadcastable to (*batch, L, S) = {target}"
         )
@@ -148,11 +152,7 @@ def _check_scale(scale: object, q: Tensor, batch: tuple[int, ...]) -> float | Te
         if scale.device != q.device:
             raise ValueError(f"scale is on {scale.device} but query is on {q.device}")
         target = (*batch, 1, 1)
-        try:
-            shape = torch.broadcast_shapes(scale.shape, target)
-        except RuntimeError:
-            shape = None
-        if shape != target:
+        if not _broadcasts_to(scale.shape, target):
             raise ValueError(
                 f"scale tensor of shape {tuple(scale.shape)} is not broadcastable to (*batch, 1, 1) = {target}"
             )
