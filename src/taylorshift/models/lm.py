@@ -111,7 +111,11 @@ class CausalLM(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size)
         self.apply(init_weights)
-        nn.init.trunc_normal_(self.embed.weight, std=0.02, a=-0.04, b=0.04)
+        # unit-variance token embeddings (nn.Embedding's default): with the 0.02 init of the other layers the
+        # token identity is ~50x weaker than the unit-amplitude sinusoidal positions, and a byte-level LM
+        # then sits at the unigram loss (3.3 nats/byte on fortunes) for hundreds of steps; measured: 2.9 vs 3.3
+        # after 80 steps of a one-block model.
+        nn.init.normal_(self.embed.weight, std=1.0)
 
     def _check_ids(self, ids: object, offset: int = 0, name: str = "ids") -> None:
         if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.is_floating_point() or ids.dtype == torch.bool:
