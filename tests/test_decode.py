@@ -13,8 +13,8 @@ import torch
 from conftest import make_qkv, rel_err, tolerance
 from taylorshift import TaylorShiftAttention, taylor_shift_attention, taylor_shift_attention_reference
 from taylorshift.nn.attention import TaylorShiftCache
-from taylorshift.ops.causal import TaylorShiftState
-from taylorshift.ops.features import feature_dim
+from taylorshift.ops.causal import TaylorShiftState, one_row_features
+from taylorshift.ops.features import augmented_pairs, feature_dim, taylor_features
 
 # ---------------------------------------------------------------------------------------- ops: the state
 
@@ -317,6 +317,97 @@ def test_decoding_errors():
     with pytest.raises(TypeError, match="causal"):
         TaylorShiftAttention(32, 4, causal="yes")
     assert cache.length == 0
+
+
+# ------------------------------------------------------------------------------ the lean step path
+
+
+@pytest.mark.parametrize("form", ["symmetric", "full"])
+@pytest.mark.parametrize("d", [1, 2, 5, 16])
+def test_augmented_pairs_give_the_features(form, d):
+    """φ(x) is the upper triangle of [x | 1][x | 1]ᵀ: two gathers and a product give exactly taylor_features."""
+    x = torch.randn(3, 2, 4, d, dtype=torch.float64, generator=torch.Generator().manual_seed(d))
+    x1 = torch.cat([x, torch.ones(3, 2, 4, 1, dtype=torch.float64)], dim=-1)
+    phi = one_row_features(x1, augmented_pairs(d, form, x.device))
+    assert torch.equal(phi, taylor_features(x, form).transpose(-1, -2))
+
+
+def _general_step(m, x_t, cache):
+    """The module step written with the general pieces: _project, TaylorShiftState.step, _output."""
+    q, k, v, scale = m._project(x_t)
+    out = cache.state.step(q, k, v, scale=scale)
+    cache.n_valid += 1
+    return m._output(out, cache.n_valid.view(-1, 1, 1, 1))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"normalize_qk": False}, {"output_scale": False}, {"coefficients": (1.0, 0.0, 0.2)}, {"head_dim": 12}],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_module_step_equals_the_general_path(kwargs, dtype):
+    """The module's fused step (one tensor for the q, k, v rows of all heads, features by gathers, one fused
+    update, one read-out) computes what the general pieces compute, state included."""
+    m = _module(dtype=dtype, **kwargs)
+    x = _x(N=30, dtype=dtype)
+    pad = torch.zeros(2, 20, dtype=torch.bool)
+    pad[1, :4] = True  # different counts per sequence
+    fused, general = m.new_cache(2), m.new_cache(2)
+    with torch.no_grad():
+        for cache in (fused, general):
+            m.prefill(x[:, :20], cache, key_padding_mask=pad)
+        for t in range(20, 30):
+            y = m.step(x[:, t : t + 1], fused)
+            y_ref = _general_step(m, x[:, t : t + 1], general)
+            assert y.dtype == dtype and y.shape == (2, 1, 32)
+            assert rel_err(y, y_ref) <= {torch.float64: 1e-14, torch.float32: 1e-6}.get(dtype, 1e-2), t
+    assert rel_err(fused.state.state, general.state.state) <= (1e-14 if dtype == torch.float64 else 1e-6)
+    assert fused.length == general.length == 30 and torch.equal(fused.n_valid, general.n_valid)
+
+
+def test_module_step_with_a_cache_of_another_dtype():
+    """A float64 module decoding into a float32 state (new_cache(dtype=...)), and the reverse."""
+    for module_dtype, cache_dtype in ((torch.float64, torch.float32), (torch.float32, torch.float64)):
+        m = _module(dtype=module_dtype)
+        x = _x(N=25, dtype=module_dtype)
+        cache = m.new_cache(2, dtype=cache_dtype)
+        assert cache.state.state.dtype == cache_dtype
+        with torch.no_grad():
+            y = torch.cat([m.prefill(x[:, :15], cache), *[m.step(x[:, t : t + 1], cache) for t in range(15, 25)]], 1)
+            assert y.dtype == module_dtype
+            assert rel_err(y, m(x)) < 1e-6
+
+
+def test_module_step_runs_without_autograd():
+    m = _module()
+    cache = m.new_cache(2)
+    y = m.step(_x(N=1).requires_grad_(True), cache)
+    assert torch.is_grad_enabled() and not y.requires_grad
+
+
+def _top_level_ops(fn) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.cpu_parent is None)
+
+
+def test_step_operation_count():
+    """A step is ~80 kFLOP per block, so its cost is the number of tensor operations: the module step is about
+    30 of them (72 before the fused path), TaylorShiftState.step 16 (48 before). Generous bounds: a regression
+    guard, not an exact count (it depends on how torch records composite operations)."""
+    m = _module(dtype=torch.float32)
+    x = _x(N=3, dtype=torch.float32)
+    cache = m.new_cache(2)
+    with torch.inference_mode():
+        m.prefill(x[:, :1], cache)
+        m.step(x[:, 1:2], cache)  # the first step makes the constants
+        assert _top_level_ops(lambda: m.step(x[:, 2:3], cache)) <= 36
+    state = TaylorShiftState((2, 4), 8)
+    q, k, v = make_qkv(2, 4, 1, 1, 8)
+    with torch.inference_mode():
+        assert _top_level_ops(lambda: state.step(q, k, v, scale=torch.ones(4, 1, 1))) <= 20
 
 
 # ----------------------------------------------------------------------------------- long contexts

@@ -20,14 +20,16 @@ new token costs ``O(H·F·d)`` whatever the context length, and prefill + steps 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from taylorshift.ops import DEFAULT_COEFFICIENTS, check_coefficients, taylor_shift_attention
-from taylorshift.ops.causal import TaylorShiftState
+from taylorshift.ops.causal import TaylorShiftState, expand_pairs, one_row_features, update_and_read
+from taylorshift.ops.features import augmented_pairs
 from taylorshift.ops.inputs import check_backend
 
 
@@ -65,6 +67,26 @@ def check_forward_args(x: object, key_padding_mask: object, dim: int) -> None:
             )
 
 
+@dataclass(frozen=True)
+class _StepConstants:
+    """Constant tensors of :meth:`TaylorShiftAttention.step`, made on the first step of a cache (for the dtype
+    of the tokens), so that a step creates no tensor but its results.
+
+    The q, k and v rows of every head are processed together, as one ``(B, 3, H, 1, ·)`` tensor.
+    """
+
+    key: tuple[torch.dtype, bool]  # what they were made for: the tokens' dtype (the module's), normalize_qk
+    ones: Tensor  # (B, 3, H, 1, 1), state dtype: the appended 1 of [q̃ | 1], [k̂ | 1], [v | 1]
+    norm_min: Tensor | None  # (3, 1, 1, 1), token dtype: the norms are clamped to [eps, inf] (q, k) and [1, 1] (v)
+    norm_max: Tensor | None
+    q_entries: Tensor | None  # (3, 1, 1, d + 1) bool: the entries the temperature multiplies (q, not its 1)
+    scale: Tensor | None  # (3, 1, 1, d + 1), state dtype: 1/√d on those entries, else 1 (normalize_qk=False)
+    pairs: tuple[Tensor, Tensor]  # the feature indices (augmented_pairs) expanded to (B, 3, H, 1, F)
+    one: Tensor  # 0-dim 1 and 0, state dtype
+    zero: Tensor
+    head_dim: Tensor  # 0-dim d in the dtype of √(n/d) (at least float32)
+
+
 @dataclass
 class TaylorShiftCache:
     """Decoding cache of one causal :class:`TaylorShiftAttention` (from :meth:`TaylorShiftAttention.new_cache`).
@@ -72,10 +94,13 @@ class TaylorShiftCache:
     Attributes:
         state: the running state of every (batch, head), ``state.state`` of shape ``(B, H, F, d + 1)``.
         n_valid: ``(B,)`` int64, valid (unpadded) positions seen per sequence: the ``n`` of the output factor.
+
+    The cache also keeps the constant tensors of :meth:`TaylorShiftAttention.step` (made on the first step).
     """
 
     state: TaylorShiftState
     n_valid: Tensor
+    _step_constants: _StepConstants | None = field(default=None, repr=False, compare=False)
 
     @property
     def length(self) -> int:
@@ -280,11 +305,71 @@ class TaylorShiftAttention(nn.Module):
     def step(self, x_t: Tensor, cache: TaylorShiftCache) -> Tensor:
         """One new token ``x_t (B, 1, C)`` attending to everything in ``cache`` and itself → ``(B, 1, C)``.
 
-        ``O(H·F·d)`` per call, independent of ``cache.length``; updates ``cache`` in place.
+        ``O(H·F·d)`` per call, independent of ``cache.length``; updates ``cache`` in place. Runs without autograd.
+        The same computation as ``forward`` (and :meth:`TaylorShiftState.step`), written as about 30 tensor
+        operations for the whole step (see :meth:`_step`).
         """
         self._check_cache("step", cache, x_t, 1)
-        B = x_t.shape[0]
-        q, k, v, scale = self._project(x_t)
-        out = cache.state.step(q, k, v, scale=scale)  # (B, H, 1, d)
-        cache.n_valid += 1
-        return self._output(out, cache.n_valid.view(B, 1, 1, 1))
+        if x_t.device != cache.state.state.device:
+            raise ValueError(f"step: x_t is on {x_t.device} but the cache is on {cache.state.state.device}")
+        with torch.no_grad():
+            return self._step(x_t, cache)
+
+    def _step_constants(self, cache: TaylorShiftCache, dtype: torch.dtype) -> _StepConstants:
+        consts = cache._step_constants
+        if consts is not None and consts.key == (dtype, self.normalize_qk):
+            return consts
+        B, H, d = cache.batch_size, self.num_heads, self.head_dim
+        state = cache.state.state
+        c, device = state.dtype, state.device
+        ones = torch.ones(B, 3, H, 1, 1, dtype=c, device=device)
+        norm_min = norm_max = q_entries = scale = None
+        if self.normalize_qk:  # F.normalize's clamp_min(eps) for q and k; v's divisor becomes 1
+            norm_min = torch.tensor([1e-12, 1e-12, 1.0], dtype=dtype, device=device).view(3, 1, 1, 1)
+            norm_max = torch.tensor([math.inf, math.inf, 1.0], dtype=dtype, device=device).view(3, 1, 1, 1)
+            q_entries = torch.zeros(3, 1, 1, d + 1, dtype=torch.bool, device=device)
+            q_entries[0, ..., :d] = True
+        else:
+            scale = torch.ones(3, 1, 1, d + 1, dtype=c, device=device)
+            scale[0, ..., :d] = 1.0 / math.sqrt(d)
+        pairs = expand_pairs(augmented_pairs(d, cache.state.form, device), (B, 3, H, 1))
+        one, zero = torch.ones((), dtype=c, device=device), torch.zeros((), dtype=c, device=device)
+        head_dim = torch.tensor(float(d), dtype=torch.promote_types(dtype, torch.float32), device=device)
+        consts = _StepConstants((dtype, self.normalize_qk), ones, norm_min, norm_max, q_entries, scale, pairs, one,
+                                zero, head_dim)
+        cache._step_constants = consts
+        return consts
+
+    def _step(self, x_t: Tensor, cache: TaylorShiftCache) -> Tensor:
+        """:meth:`step` on checked arguments: the projections and the state update and read-out of all heads in
+        a fixed, small number of tensor operations (one token costs about 80 kFLOP per block, so the number of
+        operations is the cost). Same formulas, in the same dtypes, as ``_project``, the state's ``step`` and
+        ``_output``."""
+        st = cache.state
+        B, H, d = x_t.shape[0], self.num_heads, self.head_dim
+        c = st.state.dtype
+        consts = self._step_constants(cache, x_t.dtype)
+        t = self.qkv(x_t).view(B, 3, H, 1, d)  # the q, k and v rows of every head
+        if self.normalize_qk:  # = F.normalize(q), F.normalize(k) (v / 1), and the temperature on q
+            t = t / torch.clamp(torch.linalg.vector_norm(t, dim=-1, keepdim=True), consts.norm_min, consts.norm_max)
+            tau = self.temperature if self.temperature.dtype == c else self.temperature.to(c)
+            scale = torch.where(consts.q_entries, tau, consts.one)  # (3, H, 1, d + 1)
+        else:
+            scale = consts.scale
+        if t.dtype != c:
+            t = t.to(c)
+        a = torch.cat([t, consts.ones], dim=-1) * scale  # [q̃ | 1], [k̂ | 1], [v | 1]: (B, 3, H, 1, d + 1)
+        phi_q, phi_k, _ = one_row_features(a, consts.pairs).unbind(1)  # (B, H, 1, F) each
+        y = update_and_read(st.state, phi_k, a.select(1, 2), phi_q * st._w)  # (B, H, 1, d + 1)
+        st.length += 1
+        n = cache.n_valid.view(B, 1, 1, 1)
+        n += 1
+        num, den = y[..., :d], y[..., d:]
+        out = torch.where(den > 0, num / den, consts.zero)  # = safe_divide(num, den)
+        if out.dtype != x_t.dtype:
+            out = out.to(x_t.dtype)
+        if self.output_scale:  # as in _output: √(n/d) computed in at least float32, then cast
+            factor = torch.sqrt(n / consts.head_dim)
+            out = out * (factor if factor.dtype == out.dtype else factor.to(out.dtype))
+        out = self.proj(out.view(B, 1, H * d))  # one token: (B, H, 1, d) is already (B, 1, H·d) in memory
+        return self.proj_drop(out) if self.training else out

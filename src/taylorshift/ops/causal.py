@@ -22,7 +22,11 @@ only ``q̃, K, V'``, the output, the denominators and the initial state (``O(N·
 
 Decoding (:class:`TaylorShiftState`): ``step`` adds ``φ(k_t) v'_tᵀ`` to the state and reads it with
 ``φ(q̃_t)``, ``O(F·dv)`` per token whatever the context length; ``prefill`` runs the chunked algorithm
-from the current state.
+from the current state. A step is a few kFLOP per head, so its cost is the number of tensor operations: the
+features of one row are the upper triangle of ``[x | 1][x | 1]ᵀ``, two gathers and a product
+(:func:`one_row_features`), the update is one ``addcmul_`` and the read-out one matmul
+(:func:`update_and_read`); the module's step (``TaylorShiftAttention.step``) uses the same pieces for the
+q, k and v rows of all heads at once.
 
 Numerics (decided and measured; details in docs/causal.md). The state is the **plain running sum**
 (no ``1/N``, no running mean), accumulated in float32 for float16/bfloat16/float32 inputs and in float64
@@ -54,11 +58,11 @@ from taylorshift.ops.efficient import (
     check_chunk_size,
     check_efficient_call,
     default_chunk_size,
-    read_state,
     state_product,
 )
 from taylorshift.ops.features import (
     Form,
+    augmented_pairs,
     check_form,
     feature_dim,
     feature_weights,
@@ -264,7 +268,13 @@ class TaylorShiftState:
         F = feature_dim(self.head_dim, self.form)
         self.state = torch.zeros((*self.batch_shape, F, self.value_dim + 1), dtype=state_dtype, device=device)
         self.length = 0
+        # constants of the single-token step, made once (no tensor is created per step but the results)
+        device = self.state.device
         self._w = feature_weights(self.head_dim, self.form, self.coefficients, dtype=state_dtype, device=device)
+        self._pairs = expand_pairs(augmented_pairs(self.head_dim, self.form, device), (*self.batch_shape, 2))
+        self._ones = torch.ones((*self.batch_shape, 2, 1), dtype=state_dtype, device=device)
+        self._ones1 = self._ones[..., 1:, :]
+        self._zero = torch.zeros((), dtype=state_dtype, device=device)
 
     def __repr__(self) -> str:
         return (
@@ -334,7 +344,9 @@ class TaylorShiftState:
     def step(self, query: Tensor, key: Tensor, value: Tensor, scale=None) -> Tensor:
         """One new position: add its key and value to the state, then read the state with its query.
 
-        ``O(F·dv)`` time and no allocation that grows with :attr:`length`. Runs without autograd.
+        ``O(F·dv)`` time and no allocation that grows with :attr:`length`. Runs without autograd. At small sizes
+        the cost is the number of tensor operations, so the step is written as a fixed 18 of them after the
+        argument checks (see :meth:`_step`).
 
         Args:
             query, key: ``(*batch_shape, 1, d)``; value ``(*batch_shape, 1, dv)``.
@@ -347,9 +359,62 @@ class TaylorShiftState:
         if inp.q.shape[-2] != 1:
             raise ValueError(f"step: expected one position (*batch, 1, d), got {inp.q.shape[-2]}; use prefill")
         c = self.state.dtype
-        q, k, v = inp.q.to(c), inp.k.to(c), inp.v.to(c)
-        s = inp.scale.to(c) if isinstance(inp.scale, Tensor) else inp.scale
-        accumulate_state(self.state, k, augment_values(v, None, 1.0), self.form, 1)
-        out, _ = read_state(q * s, self.state * self._w.unsqueeze(-1), self.form, 1)
+        q, k, v, s = inp.q, inp.k, inp.v, inp.scale
+        if q.dtype != c:
+            q, k, v = q.to(c), k.to(c), v.to(c)
+        if isinstance(s, Tensor) and s.dtype != c:
+            s = s.to(c)
+        out = self._step(q * s, k, v)
+        return out if out.dtype == inp.out_dtype else out.to(inp.out_dtype)
+
+    def _step(self, qs: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """:meth:`step` on checked inputs in the state's dtype: scaled query ``qs`` and key ``(*batch, 1, d)``,
+        value ``(*batch, 1, dv)``; returns ``(*batch, 1, dv)``.
+
+        The features of both rows come from two gathers of ``[q̃ | 1]``, ``[k | 1]`` (:func:`one_row_features`),
+        the update is one fused multiply-add and the read-out one matmul whose last column is the denominator;
+        the constants (indices, weights, ones) are made in ``__init__``.
+        """
+        x1 = torch.cat([torch.cat([qs, k], dim=-2), self._ones], dim=-1)  # [q̃ | 1], [k | 1]: (*batch, 2, d + 1)
+        phi = one_row_features(x1, self._pairs)  # (*batch, 2, F)
+        vp = torch.cat([v, self._ones1], dim=-1)  # [v | 1]
+        y = update_and_read(self.state, phi[..., 1:, :], vp, phi[..., :1, :] * self._w)
         self.length += 1
-        return out.to(inp.out_dtype)
+        num, den = y[..., :-1], y[..., -1:]
+        return torch.where(den > 0, num / den, self._zero)  # = safe_divide(num, den)
+
+
+def expand_pairs(pairs: tuple[Tensor, Tensor], leading: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """The index vectors of :func:`taylorshift.ops.features.augmented_pairs` expanded (views, no copy) to
+    ``(*leading, F)``, the index shape of :func:`one_row_features` for rows ``(*leading, d + 1)``."""
+    return tuple(p.expand(*leading, p.numel()) for p in pairs)  # type: ignore[return-value]
+
+
+def one_row_features(x1: Tensor, pairs: tuple[Tensor, Tensor]) -> Tensor:
+    """Unweighted features ``φ(x)`` of rows given augmented, ``x1 = [x | 1]`` ``(..., d + 1)`` → ``(..., F)``
+    (token-major): ``x1[I] · x1[J]``, two gathers and one product.
+
+    Args:
+        x1: ``(..., d + 1)``.
+        pairs: ``augmented_pairs(d, form, device)``, or those expanded to ``(..., F)`` (:func:`expand_pairs`;
+            a decoding step makes them once).
+    """
+    i, j = pairs
+    if i.dim() == 1:
+        i, j = expand_pairs(pairs, x1.shape[:-1])
+    return torch.gather(x1, -1, i) * torch.gather(x1, -1, j)  # torch.gather: a few times faster than index_select
+
+
+def update_and_read(state: Tensor, phi_k: Tensor, vp: Tensor, phi_q_weighted: Tensor) -> Tensor:
+    """One decoding step on the unweighted state ``(*batch, F, e)``, in place: ``state += φ(k) v'ᵀ`` (one fused
+    multiply-add), then the read-out ``[num | den] = φ(q̃)ᵀ diag(w) state`` (one matmul).
+
+    Args:
+        phi_k: ``(*batch, 1, F)`` features of the new key; ``vp``: ``(*batch, 1, e)``, ``[v | 1]``.
+        phi_q_weighted: ``(*batch, 1, F)``, ``φ(q̃) ⊙ w``.
+
+    Returns:
+        ``(*batch, 1, e)``.
+    """
+    state.addcmul_(phi_k.mT, vp)
+    return phi_q_weighted @ state

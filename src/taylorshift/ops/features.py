@@ -71,6 +71,26 @@ def _upper_triangle(d: int, device: torch.device) -> Tensor:
     return i * d + j
 
 
+@functools.lru_cache(maxsize=64)
+def augmented_pairs(d: int, form: Form, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Index vectors ``(I, J)`` of length ``F`` with ``x'[..., I] * x'[..., J] == φ(x)`` (token-major, same order as
+    :func:`taylor_features`) for the augmented row ``x' = [x, 1]`` of size ``d + 1``.
+
+    ``φ(x)`` is exactly the upper triangle of ``x' x'ᵀ`` (the pairs ``(i, j)``, ``i ≤ j < d`` or all of them, then
+    ``(i, d)`` = ``x_i · 1``, then ``(d, d)`` = ``1 · 1``), so the features of one row are two gathers and one
+    product: the single-token decoding step uses this instead of :func:`taylor_features`. The products are
+    the same roundings as there (``x_i · 1`` and ``1 · 1`` are exact).
+    """
+    if form == "full":
+        i = torch.arange(d, device=device).repeat_interleave(d)
+        j = torch.arange(d, device=device).repeat(d)
+    else:
+        i, j = torch.triu_indices(d, d, device=device)
+    first = torch.arange(d + 1, device=device)  # (0..d-1, then d): x_i · 1 and the constant 1 · 1
+    last = torch.full((d + 1,), d, dtype=first.dtype, device=device)
+    return torch.cat([i, first]), torch.cat([j, last])
+
+
 def _few_row_features(x: Tensor, xt: Tensor) -> Tensor:
     d = x.shape[-1]
     outer = (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)  # (*batch, N, d²)
