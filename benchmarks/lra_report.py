@@ -108,11 +108,35 @@ def write_report(runs: Path, tasks, attentions, doc: Path, budget: float) -> Pat
         lines.append(f"| {t} ({SUBSTITUTIONS[t][0]}) | " + " | ".join(_pct(accs[a]) for a in attentions)
                      + f" | {delta} | {ok} |")
     lines += ["", f"**TaylorShift is within 1 point of softmax or better on {wins} of {done} finished tasks.**", ""]
+    majority = {t: majority_rate(t, results) for t in tasks}
+    flat = [t for t in tasks if majority[t] is not None and all(
+        results[t][a] is None or results[t][a]["test"]["accuracy"] <= majority[t] + 0.02 for a in attentions)
+        and any(results[t][a] for a in attentions)]
+    lines += ["Majority-class rate of the evaluated test examples (what a model that learned nothing scores): "
+              + ", ".join(f"{t} {_pct(m)}" for t, m in majority.items() if m is not None) + "."]
+    if flat:
+        lines += ["", f"**Not learned at this budget by any model: {', '.join(flat)}** (every model within 2 points "
+                  "of the majority rate). On these tasks the comparison says nothing about TaylorShift; the "
+                  "paper trains for many epochs, we train for a fraction of one (see the cost table)."]
+    lines += [""]
     lines += ["Validation accuracy at the end of training (%; tasks without a val split hold out 10 % of train):", "",
               "| task | " + " | ".join(attentions) + " |", "|---|" + "---:|" * len(attentions)]
     for t in tasks:
         lines.append(f"| {t} | " + " | ".join(_pct(results[t][a]["val"]["accuracy"]) if results[t][a] else "–"
                                                for a in attentions) + " |")
+    lines += ["", "Validation accuracy at the same step (the last validation step both runs reached; separates how "
+              "fast a model learns per step from how many steps the budget buys; note the cosine schedules differ, "
+              "each ending at its own run's last step):", "",
+              "| task | step | taylorshift | softmax |", "|---|---:|---:|---:|"]
+    for t in tasks:
+        a, b = results[t].get("taylorshift"), results[t].get("softmax")
+        if not (a and b):
+            continue
+        va, vb = (_val_curve(x["folder"] / "metrics.csv") for x in (a, b))
+        common = sorted(set(va) & set(vb))
+        if common:
+            step = common[-1]
+            lines.append(f"| {t} | {step} | {_pct(va[step])} | {_pct(vb[step])} |")
     lines += ["", "## Cost at the same budget", "",
               "Steps and samples are what each model managed in the budget; throughput is training samples per "
               "second of wall time with one thread (machine shared with the other run); peak RSS is the whole "
@@ -200,6 +224,27 @@ def lm_section(lm_runs: Path) -> list[str]:
         lines += ["", "Sample (`taylorshift generate --checkpoint <run> --prompt \"The \" --temperature 0.8 --seed 0 "
                   "--stop-byte 0`, recurrent decoding):", "", "```text", sample, "```"]
     return lines + [""]
+
+
+def majority_rate(task: str, results: dict) -> float | None:
+    """Largest class frequency among the test examples the runs evaluated (None if no run finished)."""
+    from collections import Counter
+
+    from taylorshift.data import get_task
+
+    runs = [s for s in results[task].values() if s]
+    if not runs:
+        return None
+    cfg = runs[0]["config"]
+    data = get_task(task).dataset("test", cfg.get("cache_dir"), **cfg.get("data_options", {}))
+    n = runs[0]["test"]["count"]
+    labels = getattr(data, "labels", None)
+    labels = list(labels[:n]) if labels is not None else [data[i][1] for i in range(n)]
+    return max(Counter(int(y) for y in labels).values()) / n
+
+
+def _val_curve(path: Path) -> dict[int, float]:
+    return {int(r["step"]): float(r["accuracy"]) for r in read_metrics(path) if r["split"] == "val"}
 
 
 def _steps_per_epoch(summary: dict) -> int:
