@@ -91,11 +91,13 @@ def plot_curves(runs: dict[str, str | os.PathLike], out: str | os.PathLike, titl
         if xs:
             ax_loss.plot(xs, ys, label=label, alpha=0.85)
         xs, ys = _series(rows, "val", "accuracy")
+        color = None
         if xs:
-            ax_acc.plot(xs, [100 * y for y in ys], marker="o", ms=3, label=label)
+            (line,) = ax_acc.plot(xs, [100 * y for y in ys], marker="o", ms=3, label=label)
+            color = line.get_color()
         xs, ys = _series(rows, "test", "accuracy")
         if xs:
-            ax_acc.scatter(xs, [100 * y for y in ys], marker="*", s=80, zorder=3)
+            ax_acc.scatter(xs, [100 * y for y in ys], marker="*", s=80, zorder=3, color=color)
     ax_loss.set(xlabel="step", ylabel="training loss", title="training loss")
     ax_acc.set(xlabel="step", ylabel="accuracy (%)", title="validation accuracy (star: test)")
     for ax in (ax_loss, ax_acc):
