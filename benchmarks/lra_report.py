@@ -50,13 +50,15 @@ SUBSTITUTIONS = {
     "fmnist_images": ("ImageNet with ViT", "Fashion-MNIST 28x28 (padded to 32) with a ViT, 4x4 patches = 65 "
                       "tokens; 58,000 train / 2,000 val / first 2,000 test images", "vit_tiny_fmnist"),
 }
-ARCH = {
-    "listops_cpu": "D 64, depth 2, 4 heads x 16, MLP 2.0",
-    "pathfinder_cpu": "D 64, depth 2, 4 heads x 16, MLP 1.0",
-    "text_bytes_cpu": "D 64, depth 2, 4 heads x 16, MLP 2.0",
-    "pixels_cpu": "D 64, depth 1, 4 heads x 16, MLP 1.0",
-    "vit_tiny_fmnist": "D 64, depth 4, 4 heads x 16, MLP 2.0, patch 4",
-}
+
+
+def _arch(model: str) -> str:
+    """One line describing a preset, read from the registry (so it cannot drift from the trained model)."""
+    from taylorshift.models.registry import model_config
+
+    c = model_config(model)
+    text = f"D {c.dim}, depth {c.depth}, {c.num_heads} heads x {c.head_dim or c.dim // c.num_heads}, MLP {c.mlp_ratio}"
+    return text + (f", patch {c.patch_size}" if hasattr(c, "patch_size") else "")
 
 
 def _load(runs: Path, task: str, attention: str) -> dict | None:
@@ -215,7 +217,7 @@ def write_report(runs: Path, tasks, attentions, doc: Path, budget: float) -> Pat
               "|---|---|---|---|"]
     for t in tasks:
         name, used, model = SUBSTITUTIONS[t]
-        lines.append(f"| {t} | {name} | {used} | `{model}`: {ARCH.get(model, '')} |")
+        lines.append(f"| {t} | {name} | {used} | `{model}`: {_arch(model)} |")
     lines += ["", "Why these sizes: the paper's models (D 256-512, head size 64) need GPU-days; on 2 CPU cores a "
               "10-minute budget trains D = 64 models for a fraction of an epoch on the long tasks. Head size 16 puts "
               "every 1,000-4,000-token task far above TaylorShift's crossover (N0 = 153 FLOPs, about 220 measured), "

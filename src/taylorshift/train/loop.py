@@ -212,7 +212,9 @@ class Trainer:
 
     def _warmup(self, total: int | None) -> int:
         w = self.cfg.warmup_steps
-        return w if total is None else min(w, max(1, total // 10)) if w else 0
+        if total is None or w == 0:
+            return w
+        return min(w, max(1, total // 10))
 
     def _resume(self) -> None:
         tensors, meta = ckpt.read_checkpoint(self.ckpt_path)
