@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import assert_one_error_line, cli_error, run_cli_with_file_size_limit
 from taylorshift.data import get_task
 from taylorshift.train import CheckpointError, RunExistsError, TrainConfig, Trainer, load_model, train
 from taylorshift.train.checkpoint import read_checkpoint
@@ -162,6 +163,125 @@ def test_corrupted_and_foreign_checkpoints(data_dir, tmp_path):
         train(tiny_config(data_dir, tmp_path / "r", max_steps=4), resume=True)
 
 
+def _rewrite_metadata(path: Path, change) -> None:
+    """Edit a checkpoint's safetensors header as a hex editor would: ``change(metadata)`` alters the string
+    metadata dict in place; the header is re-serialised (padded to 8 bytes), the tensor bytes are kept."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    change(header["__metadata__"])
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n:])
+
+
+def _edit_meta(path: Path, change) -> None:
+    def edit(metadata):
+        meta = json.loads(metadata["meta"])
+        change(meta)
+        metadata["meta"] = json.dumps(meta)
+
+    _rewrite_metadata(path, edit)
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory) -> Path:
+    """A 4-step run whose last checkpoint is at step 4 (copy its checkpoint before altering it)."""
+    out = tmp_path_factory.mktemp("finished") / "r"
+    train(tiny_config(data_dir, out, max_steps=4, eval_every=0))
+    return out
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst / "checkpoint.safetensors"
+
+
+def test_checkpoint_metadata_is_covered_by_the_hash(finished_run, tmp_path, data_dir):
+    path = _copy_run(finished_run, tmp_path / "r")
+    raw = path.read_bytes()
+    # one flipped bit in the step count of the header: 4 -> 5
+    at = raw.index(b'\\"step\\": ') + len(b'\\"step\\": ')
+    assert raw[at:at + 1] == b"4"
+    path.write_bytes(raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1:])
+    with pytest.raises(CheckpointError, match="corrupted: its metadata .*step"):
+        read_checkpoint(path)
+    with pytest.raises(CheckpointError, match="metadata"):  # --resume refuses it: no extra steps trained
+        train(tiny_config(data_dir, tmp_path / "r", max_steps=4, eval_every=0), resume=True)
+    # a hyper-parameter edited in the header
+    path.write_bytes(raw)
+    _edit_meta(path, lambda m: m["config"].update(label_smoothing=0.9))
+    with pytest.raises(CheckpointError, match="metadata"):
+        read_checkpoint(path)
+    # an optimizer group's learning rate
+    path.write_bytes(raw)
+    _edit_meta(path, lambda m: m["param_groups"][0].update(lr=m["param_groups"][0]["lr"] * 10))
+    with pytest.raises(CheckpointError, match="metadata"):
+        load_model(path)
+    # any other metadata entry, and the hash itself
+    path.write_bytes(raw)
+    _rewrite_metadata(path, lambda md: md.update(note="added"))
+    with pytest.raises(CheckpointError, match="metadata"):
+        read_checkpoint(path)
+    path.write_bytes(raw)
+    _rewrite_metadata(path, lambda md: md.pop("meta_sha256", None))
+    with pytest.raises(CheckpointError, match="metadata"):
+        read_checkpoint(path)
+    path.write_bytes(raw)
+    assert read_checkpoint(path)[1]["step"] == 4  # the untouched file is fine
+
+
+def test_checkpoint_of_the_first_format_is_read_with_a_warning(finished_run, tmp_path, data_dir):
+    from taylorshift.train.checkpoint import UnverifiedCheckpointWarning
+
+    path = _copy_run(finished_run, tmp_path / "r")
+
+    def to_v1(md):
+        md["format"] = "taylorshift-checkpoint-v1"
+        md.pop("meta_sha256", None)
+
+    _rewrite_metadata(path, to_v1)
+    with pytest.warns(UnverifiedCheckpointWarning, match="metadata .* not covered"):
+        _, meta = read_checkpoint(path)
+    assert meta["step"] == 4
+    # its tensors are still verified
+    raw = bytearray(path.read_bytes())
+    raw[-20] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="tensors do not match"):
+        read_checkpoint(path)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_checkpoint_temporaries_are_removed_and_permissions_match(data_dir, tmp_path, finished_run):
+    # resume: a run dir with the temporary file of a killed run
+    run = tmp_path / "r"
+    _copy_run(finished_run, run)
+    stale = run / f".checkpoint.safetensors.tmp{_dead_pid()}"
+    stale.write_bytes(b"half a checkpoint")
+    Trainer(tiny_config(data_dir, run, max_steps=4, eval_every=0), resume=True)
+    assert not stale.exists()
+    # a new run's save
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    stale = fresh / f".checkpoint.safetensors.tmp{_dead_pid()}"
+    stale.write_bytes(b"half a checkpoint")
+    from taylorshift.train.checkpoint import save_checkpoint
+
+    save_checkpoint(fresh / "checkpoint.safetensors", torch.nn.Linear(2, 2), None, {"step": 0})
+    assert not stale.exists() and [p.name for p in fresh.iterdir()] == ["checkpoint.safetensors"]
+    # the checkpoint has the mode of the other run files (0666 less the umask), not mkstemp's 0600
+    modes = {p.name: p.stat().st_mode & 0o777 for p in finished_run.iterdir()}
+    assert modes["checkpoint.safetensors"] == modes["config.json"] == modes["summary.json"], modes
+
+
 def test_checkpoint_of_another_model_is_refused(data_dir, tmp_path):
     from taylorshift.models import create_model
     from taylorshift.train.checkpoint import restore_model
@@ -209,12 +329,12 @@ def test_cli_train_and_eval(data_dir, tmp_path):
                "--set", "model_overrides.num_heads=2", "--no-progress", "--threads", "1"])
     assert rc == 0 and (out / "summary.json").exists()
     assert main(["train", "--task", "listops", "--max-steps", "3", "--cache-dir", data_dir, "--out-dir", str(out),
-                 "--no-progress"]) == 1  # run exists
+                 "--no-progress"]) == 2  # run exists
     assert main(["train", "--task", "listops"]) == 2  # no budget
     result_path = tmp_path / "eval.json"
     assert main(["eval", "--checkpoint", str(out), "--compare-backend", "direct", "--json", str(result_path)]) == 0
     assert json.loads(result_path.read_text())["compare"]["prediction_agreement"] == 1.0
-    assert main(["eval", "--checkpoint", str(tmp_path / "nowhere")]) == 1
+    assert main(["eval", "--checkpoint", str(tmp_path / "nowhere")]) == 2
 
 
 def test_bf16_autocast_trains(data_dir, tmp_path):
@@ -245,3 +365,81 @@ def test_torchrun_two_processes_match_one(data_dir, tmp_path):
         assert float(r2["loss"]) == pytest.approx(float(r1["loss"]), rel=1e-4, abs=1e-5)
         assert float(r2["accuracy"]) == pytest.approx(float(r1["accuracy"]))
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+
+
+# ------------------------------------------------------------------------------------------ CLI errors
+# the command line of tiny_config(max_steps=2) (so --resume continues a run made with it)
+CLI_TINY = ["--max-steps", "2", "--batch-size", "8", "--warmup-steps", "3", "--no-progress", "--threads", "1",
+            "--set", f"model_overrides={json.dumps(TINY)}", "--ckpt-every", "4", "--log-every", "2"]
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--task", "nosuch", "--max-steps", "2"], ["--task nosuch", "unknown task 'nosuch'", "listops"]),
+    (["--task", "nosuch", "--model", "listops_cpu", "--max-steps", "2"], ["--task nosuch", "unknown task"]),
+    (["--task", "listops", "--max-steps", "2", "--set", "data_options.seq_len=5"],
+     ["--set data_options.seq_len=5", "'seq_len'"]),
+    (["--task", "fortunes-lm", "--max-steps", "2", "--set", "data_options.seq_len=abc"],
+     ["--set data_options.seq_len=abc", "seq_len", "int"]),
+    (["--task", "listops", "--max-steps", "2", "--set", "lr=abc"], ["--set lr=abc", "lr must be a finite number"]),
+    (["--task", "listops", "--max-steps", "2", "--set", "lr=Infinity"], ["--set lr=Infinity", "lr"]),
+    (["--task", "listops", "--max-steps", "2", "--lr", "inf"], ["argument --lr", "finite"]),
+    (["--task", "listops", "--max-steps", "2", "--lr", "nan"], ["argument --lr"]),
+    (["--task", "listops", "--max-steps", "2", "--set", "model_overrides.nope=1"], ["model_overrides.nope", "nope"]),
+    (["--task", "listops", "--max-steps", "2", "--model", "nope"], ["--model nope", "unknown model"]),
+])
+def test_cli_train_config_errors_are_one_line(capsys, argv, needles):
+    line = cli_error(capsys, ["train", *argv], *needles)
+    assert "default model" not in line
+
+
+def test_train_config_rejects_non_finite_numbers_and_wrong_types():
+    for field, value in [("lr", float("inf")), ("lr", float("nan")), ("weight_decay", float("inf")),
+                         ("grad_clip", float("nan")), ("epochs", float("inf")), ("lr", "0.1"), ("batch_size", 2.0),
+                         ("bf16", "yes"), ("betas", (0.9, float("nan")))]:
+        budget = {} if field == "epochs" else {"max_steps": 3}
+        with pytest.raises(ValueError, match=field):
+            TrainConfig(task="listops", **budget, **{field: value})
+
+
+def test_cli_train_out_dir_that_is_a_file(data_dir, tmp_path, capsys):
+    common = ["train", "--task", "listops", "--cache-dir", data_dir, *CLI_TINY]
+    (tmp_path / "file").write_text("x")
+    cli_error(capsys, [*common, "--out-dir", str(tmp_path / "file")], "--out-dir", "is an existing file")
+    cli_error(capsys, [*common, "--out-dir", str(tmp_path / "file" / "run")], "--out-dir", "is a file")
+
+
+def test_cli_train_into_a_read_only_folder(data_dir, capsys, read_only_dir):
+    read_only_dir.freeze()
+    cli_error(capsys, ["train", "--task", "listops", "--cache-dir", data_dir, *CLI_TINY, "--out-dir",
+                       str(read_only_dir.path / "new")], "--out-dir", "cannot be created")
+
+
+def test_cli_train_resume_in_a_read_only_folder(data_dir, capsys, read_only_dir, finished_run):
+    _copy_run(finished_run, read_only_dir.path / "run")
+    read_only_dir.freeze()
+    cli_error(capsys, ["train", "--task", "listops", "--cache-dir", data_dir, *CLI_TINY, "--max-steps", "6",
+                       "--out-dir", str(read_only_dir.path / "run"), "--resume"], "--out-dir", "not writable")
+
+
+def test_cli_eval_json_into_a_missing_folder_fails_before_evaluating(tmp_path, capsys, finished_run, monkeypatch):
+    import taylorshift.train.eval as eval_module
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("evaluated before checking --json")
+
+    monkeypatch.setattr(eval_module, "evaluate_checkpoint", must_not_run)
+    cli_error(capsys, ["eval", "--checkpoint", str(finished_run), "--json", str(tmp_path / "missing" / "e.json")],
+              "--json", "does not exist")
+
+
+def test_cli_train_on_a_full_disk_is_one_line(data_dir, tmp_path, finished_run):
+    common = ["train", "--task", "listops", "--cache-dir", data_dir, *CLI_TINY]
+    _copy_run(finished_run, tmp_path / "resume")
+    results = run_cli_with_file_size_limit([
+        [*common, "--out-dir", str(tmp_path / "new")],
+        [*common, "--max-steps", "6", "--out-dir", str(tmp_path / "resume"), "--resume"],
+    ], limit_bytes=300)
+    for (rc, err), run in zip(results, ("new", "resume"), strict=True):
+        assert_one_error_line(rc, err, "(output of --out-dir)", str(tmp_path / run))
+    assert not list((tmp_path / "resume").glob(".*tmp*"))  # no half-written temporaries left
+    assert read_checkpoint(tmp_path / "resume")[1]["step"] == 4  # the checkpoint is intact

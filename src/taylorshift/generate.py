@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 
-from taylorshift.cli import positive_int
+from taylorshift.cli import CLIError, non_negative_float, positive_int
 
 START_BYTE = 0  # what an empty prompt becomes: fortunes-lm's entry separator
 BACKENDS = ("auto", "direct", "efficient")
@@ -85,22 +85,12 @@ def _byte(text: str) -> int:
     return value
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
                         help="a checkpoint.safetensors written by 'taylorshift train' (or its run folder)")
     parser.add_argument("--prompt", default="", help="text to continue (default empty: start a new entry)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=256, help="bytes to generate (default 256)")
-    parser.add_argument("--temperature", type=_non_negative_float, default=0.8,
+    parser.add_argument("--temperature", type=non_negative_float, default=0.8,
                         help="sampling temperature; 0 = greedy (default 0.8)")
     parser.add_argument("--top-k", type=positive_int, default=None,
                         help="sample among the K most likely bytes only (default: all)")
@@ -116,19 +106,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from taylorshift.train.checkpoint import CheckpointError, load_model
+    from taylorshift.train.checkpoint import load_model
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    try:
-        model, _meta = load_model(args.checkpoint, backend=args.backend)
-    except (FileNotFoundError, CheckpointError, ImportError) as err:
-        print(f"taylorshift generate: error: {err}", file=sys.stderr)
-        return 1
+    model, _meta = load_model(args.checkpoint, backend=args.backend)
     if not hasattr(model, "generate"):
-        print(f"taylorshift generate: error: the checkpoint holds a {type(model).__name__}, not a language model",
-              file=sys.stderr)
-        return 1
+        raise CLIError(f"--checkpoint {args.checkpoint} holds a {type(model).__name__}, not a language model")
     out = sys.stdout
     if not args.no_echo:
         out.write(args.prompt)
@@ -142,16 +126,16 @@ def run(args: argparse.Namespace) -> int:
             if v != args.stop_byte:  # the stop byte ends the text; it is not printed
                 yield v
 
+    stream = generate_bytes(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed,
+                            args.stop_byte)
     try:
-        stream = generate_bytes(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed,
-                                args.stop_byte)
         for text in decode_stream(counted(stream)):
             if text:
                 out.write(text)
                 out.flush()
-    except ValueError as err:
-        print(f"\ntaylorshift generate: error: {err}", file=sys.stderr)
-        return 1
+    except ValueError:
+        out.write("\n")  # the error message starts on its own line
+        raise
     elapsed = time.perf_counter() - start
     out.write("\n")
     out.flush()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import shlex
 import sys
 import time
 
-from taylorshift.cli import positive_int
+from taylorshift.cli import device_type, non_negative_int, output_dir, positive_int
 
 HELP = ("Benchmark direct/efficient TaylorShift against softmax attention (time, peak memory) over "
         "sequence lengths and locate the measured crossovers next to the paper's N0.")
@@ -82,9 +83,12 @@ def parse_seconds(text: str) -> float:
     """Seconds > 0, or ``"none"`` → infinity (no limit)."""
     if text.strip().lower() == "none":
         return float("inf")
-    v = float(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError("the time budget must be positive (or 'none')")
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0 or 'none', got {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected seconds > 0 or 'none', got {text!r}")
     return v
 
 
@@ -110,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--backends", nargs="+", choices=ALL_BACKENDS,
                    help="backends to compare (default: direct efficient sdpa naive_softmax; paper_efficient is the "
                         "paper's materialised full-d² form, the baseline of the fast path)")
-    g.add_argument("--device", default="auto",
+    g.add_argument("--device", default="auto", type=device_type(allow_auto=True),
                    help="torch device: cpu, cuda, cuda:1 or auto (cuda when available; default auto)")
     g.add_argument("--threads", type=positive_int, metavar="T",
                    help="torch CPU threads (default: torch's default, the number of cores)")
@@ -121,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--points-per-octave", type=positive_int, metavar="P",
                    help=f"geometric grid density (default {FULL['points_per_octave']}; "
                         f"{QUICK['points_per_octave']} with --quick). Lengths are multiples of 16")
-    s.add_argument("--dense", type=int, metavar="K",
+    s.add_argument("--dense", type=non_negative_int, metavar="K",
                    help=f"extra points spread over [N0/sqrt2, N0*sqrt2] around each analytic crossover "
                         f"(speed and memory) of each d; 0 for none (default {FULL['dense']}; "
                         f"{QUICK['dense']} with --quick)")
@@ -129,7 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--repeats", type=positive_int, metavar="R",
                    help=f"timed repeats per point; the median is reported (default {FULL['repeats']}; "
                         f"{QUICK['repeats']} with --quick)")
-    t.add_argument("--warmup", type=int, metavar="W",
+    t.add_argument("--warmup", type=non_negative_int, metavar="W",
                    help=f"untimed calls before timing (default {FULL['warmup']})")
     t.add_argument("--budget-seconds", type=parse_seconds, metavar="S",
                    help=f"skip a point (status skipped-budget) whose predicted time per call exceeds S "
@@ -203,13 +207,14 @@ def run(args: argparse.Namespace) -> int:
     if args.from_results:
         from taylorshift.bench.io import read_results
 
+        out = args.out or args.from_results
+        if not args.no_plots:
+            output_dir(out, "--out" if args.out else "--from-results")
         try:
             result = read_results(args.from_results)
         except (OSError, ValueError, KeyError, TypeError) as err:
-            print(f"taylorshift bench: error: cannot read results from {args.from_results}: {err}",
-                  file=sys.stderr)
-            return 2
-        return report(result, args.out or args.from_results, plots=not args.no_plots)
+            raise ValueError(f"--from-results {args.from_results}: cannot read the results ({err})") from None
+        return report(result, out, plots=not args.no_plots)
     return measure(args)
 
 
@@ -223,11 +228,8 @@ def measure(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        cfg = build_config(args)
-    except ValueError as err:
-        print(f"taylorshift bench: error: {err}", file=sys.stderr)
-        return 2
+    cfg = build_config(args)
+    out = output_dir(args.out or "bench_results", "--out")
     n_points = sum(len(sequence_lengths(d, cfg.n_min, cfg.n_max, cfg.points_per_octave, cfg.dense))
                    for d in cfg.head_dims) * len(cfg.modes) * len(cfg.backends)
     budget = "none" if cfg.budget_memory_mib is None else f"{cfg.budget_memory_mib:.0f} MiB"
@@ -261,7 +263,7 @@ def measure(args: argparse.Namespace) -> int:
     result.meta["load_average_end"] = load_average()
     if warning:
         result.meta["warning"] = warning
-    code = report(result, args.out or "bench_results", plots=not args.no_plots, write=True)
+    code = report(result, out, plots=not args.no_plots, write=True)
     return 130 if result.interrupted else code
 
 

@@ -5,20 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from taylorshift.cli import positive_int
+from taylorshift.cli import CLIError, device_type, output_file, positive_int
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 
-
+EPILOG = """The calibration is stored in $TAYLORSHIFT_CACHE_DIR/calibration.json (else
+$XDG_CACHE_HOME/taylorshift or ~/.cache/taylorshift); new entries are merged with the stored ones.
+TAYLORSHIFT_CALIBRATION=off (also 0/false/no) makes backend='auto' ignore the file; on/1/true/yes or unset
+use it; any other value is an error here and a warning in attention."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
     parser.add_argument("--head-dims", type=positive_int, nargs="+", default=[16, 32, 64], metavar="d",
                         help="head sizes to calibrate (default: 16 32 64)")
     parser.add_argument("--heads", type=positive_int, default=8, help="heads H of the timed problem (default 8)")
     parser.add_argument("--batch", type=positive_int, default=1, help="batch size B of the timed problem (default 1)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="input dtype (default float32)")
-    parser.add_argument("--device", default="cpu", help="device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--device", default="cpu", type=device_type(), help="device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--lengths", type=positive_int, nargs="+", default=None, metavar="N",
                         help="lengths to time (default: 13 lengths spaced by √2 around the analytic crossover)")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed repeats per point; median (default 3)")
@@ -28,30 +32,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--show", action="store_true", help="only print the stored calibration and exit")
 
 
-def _show() -> int:
-    from taylorshift.ops.calibration import calibration_path, load_entries
+def _show(enabled: bool) -> int:
+    from taylorshift.ops.calibration import calibration_path, read_entries
 
-    entries = load_entries()
-    print(f"calibration file: {calibration_path()} ({len(entries)} entries)")
+    entries = read_entries()
+    state = "used by backend='auto'" if enabled else "ignored: TAYLORSHIFT_CALIBRATION is off"
+    print(f"calibration file: {calibration_path()} ({len(entries)} valid entries; {state})")
     for key, e in sorted(entries.items()):
         print(f"  {key}: n0 = {e['n0']:.0f} (model {e['n0_model']:.0f}, ratio {e['n0'] / e['n0_model']:.2f}), "
-              f"worst slowdown at measured N {e['max_slowdown']:.3f}, {e.get('meta', {}).get('date', '?')}")
+              f"worst slowdown at measured N {e.get('max_slowdown', float('nan')):.3f}, "
+              f"{e.get('meta', {}).get('date', '?') if isinstance(e.get('meta'), dict) else '?'}")
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    from taylorshift.ops.calibration import ENV_VAR, calibration_enabled, calibration_path
+
+    try:
+        enabled = calibration_enabled(strict=True)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     if args.show:
-        return _show()
+        return _show(enabled)
+    if not args.dry_run:  # before measuring, not after
+        output_file(str(calibration_path()), "calibration file (TAYLORSHIFT_CACHE_DIR)", create_parents=True)
     import torch
 
     from taylorshift.bench.calibrate import calibrate_head_dim, calibration_entries, default_lengths
     from taylorshift.ops.calibration import save_entries
 
-    try:
-        torch.empty(0, device=args.device)
-    except (RuntimeError, AssertionError) as err:
-        print(f"error: --device {args.device!r} is not available: {err}", file=sys.stderr)
-        return 2
     dtype = getattr(torch, args.dtype)
     repeats = 2 if args.quick else args.repeats
     try:
@@ -79,5 +88,9 @@ def run(args: argparse.Namespace) -> int:
         print("dry run: nothing stored")
     else:
         path = save_entries(calibration_entries(results))
-        print(f"stored in {path}; backend='auto' now uses it for {args.device}/{args.dtype}")
+        if enabled:
+            print(f"stored in {path}; backend='auto' now uses it for {args.device}/{args.dtype}")
+        else:
+            print(f"stored in {path} (merged with the stored entries); backend='auto' ignores it while "
+                  f"{ENV_VAR} is off")
     return 0

@@ -17,7 +17,8 @@ import platform
 import shlex
 import time
 
-from taylorshift.cli import positive_int
+from taylorshift.cli import CLIError, output_dir, positive_float, positive_int
+from taylorshift.files import atomic_open
 
 HELP = "Measure how the efficient form's intermediates grow with N and d, with and without normalisation."
 
@@ -44,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "V'=[V|1] (default: normalised raw)")
     parser.add_argument("--raw-scale", choices=RAW_SCALES, default="sdpa",
                         help="logit scale of the raw variant: sdpa = 1/√d (default), none = 1")
-    parser.add_argument("--temperature", type=float, default=1.0,
+    parser.add_argument("--temperature", type=positive_float, default=1.0,
                         help="temperature τ of the normalised variants (default 1)")
     parser.add_argument("--out", default="scaling-results", metavar="DIR",
                         help="output folder (default ./scaling-results)")
@@ -84,7 +85,7 @@ def _header(args: argparse.Namespace, ns, ds, samples: int) -> dict:
 
 
 def _write_csv(path: str, header: dict, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         for key, value in header.items():
             f.write(f"# {key}: {value}\n")
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -131,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
     ns = args.n or (_QUICK_NS if args.quick else DEFAULT_NS)
     ds = args.d or (_QUICK_DS if args.quick else DEFAULT_DS)
     samples = args.samples or (2 if args.quick else 4)
-    os.makedirs(args.out, exist_ok=True)
+    if not args.stem or os.sep in args.stem or args.stem in (".", ".."):
+        raise CLIError(f"--stem {args.stem!r}: expected a file name stem without '{os.sep}'")
+    output_dir(args.out, "--out")
     header = _header(args, ns, ds, samples)
 
     t0 = time.perf_counter()
@@ -141,10 +144,11 @@ def run(args: argparse.Namespace) -> int:
     )
     header["seconds"] = round(time.perf_counter() - t0, 2)
 
+    os.makedirs(args.out, exist_ok=True)
     csv_path = os.path.join(args.out, f"{args.stem}.csv")
     json_path = os.path.join(args.out, f"{args.stem}.json")
     _write_csv(csv_path, header, rows)
-    with open(json_path, "w") as f:
+    with atomic_open(json_path, "w") as f:
         json.dump({"header": header, "rows": [{k: _json_safe(v) for k, v in r.items()} for r in rows]}, f,
                   indent=1)
     written = [csv_path, json_path]

@@ -35,6 +35,7 @@ from taylorshift.bench.sweep import (
     SweepConfig,
     SweepResult,
 )
+from taylorshift.files import atomic_open
 
 POINTS_CSV = "bench_points.csv"
 CROSSOVERS_CSV = "bench_crossovers.csv"
@@ -159,9 +160,9 @@ def _cell(v: object) -> object:
 
 
 def write_csv(path: str | Path, meta: dict[str, Any], columns: Sequence[str], rows: Sequence[dict]) -> Path:
-    """Write ``# key: value`` header lines, then a CSV table; returns the path."""
+    """Write ``# key: value`` header lines, then a CSV table (atomically); returns the path."""
     path = Path(path)
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         for k, v in meta.items():
             f.write(f"# {k}: {'' if v is None else str(v).replace(chr(10), ' ')}\n")
         w = csv.DictWriter(f, fieldnames=list(columns))
@@ -194,7 +195,7 @@ def write_results(result: SweepResult, out_dir: str | Path) -> list[Path]:
         write_csv(out / CROSSOVERS_CSV, result.meta, CROSSOVER_COLUMNS, [asdict(c) for c in result.crossovers]),
     ]
     doc = _rounded(result.as_dict())
-    with open(out / RESULT_JSON, "w") as f:  # one point per line: readable and diffable, yet compact
+    with atomic_open(out / RESULT_JSON, "w") as f:  # one point per line: readable and diffable, yet compact
         f.write("{\n")
         for i, key in enumerate(doc):
             value = doc[key]

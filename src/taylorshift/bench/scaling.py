@@ -318,6 +318,9 @@ def measure_scaling(
             raise ValueError(f"variants must be drawn from {VARIANTS}, got {var!r}")
     if raw_scale not in RAW_SCALES:
         raise ValueError(f"raw_scale must be one of {RAW_SCALES}, got {raw_scale!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+            math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     coefficients = check_coefficients(coefficients)
 
     bar = None

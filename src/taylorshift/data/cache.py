@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from taylorshift.files import file_mode
+
 ENV_VAR = "TAYLORSHIFT_DATA_DIR"
 MANIFEST = "manifest.json"
 
@@ -34,9 +36,7 @@ class ChecksumError(RuntimeError):
 
 def _readable(path: str | os.PathLike) -> None:
     """Give a file made by ``mkstemp`` (mode 0600) the usual permissions (0666 less the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    os.chmod(path, file_mode())
 
 
 def default_cache_dir() -> Path:

@@ -17,7 +17,7 @@ import argparse
 import sys
 import time
 
-from taylorshift.cli import positive_int
+from taylorshift.cli import CLIError, non_negative_int, output_dir, positive_int
 
 # Kept literal so that building the parser imports nothing heavy; tests check it against registry.list_tasks().
 TASKS = ("listops", "pathfinder", "text", "pixels", "fmnist_images", "fortunes-lm")
@@ -46,10 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "test scale with it (listops size/48, pathfinder size/8) unless given")
     p.add_argument("--val-size", type=positive_int, default=None, help="generated tasks: validation samples")
     p.add_argument("--test-size", type=positive_int, default=None, help="generated tasks: test samples")
-    p.add_argument("--seed", type=int, default=None, help="generated tasks: random seed (default 0)")
-    p.add_argument("--min-length", type=int, default=None,
+    p.add_argument("--seed", type=non_negative_int, default=None, help="generated tasks: random seed (default 0)")
+    p.add_argument("--min-length", type=non_negative_int, default=None,
                    help="listops: keep expressions longer than this many tokens (default 500)")
-    p.add_argument("--max-length", type=int, default=None,
+    p.add_argument("--max-length", type=positive_int, default=None,
                    help="listops: keep expressions shorter than this many tokens (default 2000)")
     p.add_argument("--contour-length", type=int, choices=CONTOUR_LENGTHS, default=None,
                    help="pathfinder: paddles per path, 6 / 9 / 14 = easy / medium / hard (default 14)")
@@ -101,9 +101,9 @@ def _prepare(args: argparse.Namespace) -> int:
     options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     not_taken = [f"--{k.replace('_', '-')}" for k in options if k not in task.prepare_options]
     if not_taken:
-        print(f"error: {', '.join(not_taken)} does not apply to task {task.name!r}", file=sys.stderr)
-        return 2
+        raise CLIError(f"{', '.join(not_taken)} does not apply to task {task.name!r}")
     root = resolve_cache_dir(args.cache_dir)
+    output_dir(str(root), "--cache-dir" if args.cache_dir is not None else "the data cache ($TAYLORSHIFT_DATA_DIR)")
     total = _progress_total(task.name, options)
     bar = None
     if total is not None and not args.no_progress:
@@ -117,9 +117,8 @@ def _prepare(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         paths = task.prepare(root, **options)
-    except (DataSourceError, ChecksumError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (DataSourceError, ChecksumError) as err:  # the message says what to install or do
+        raise CLIError(str(err)) from None
     finally:
         if bar is not None:
             bar.close()
@@ -146,6 +145,5 @@ def _verify(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     actions = {"list": _list, "prepare": _prepare, "verify": _verify}
     if getattr(args, "action", None) not in actions:
-        print("usage: taylorshift data {list,prepare,verify} ... (see 'taylorshift data --help')", file=sys.stderr)
-        return 2
+        raise CLIError("choose an action: list, prepare or verify (see 'taylorshift data --help')")
     return actions[args.action](args)

@@ -14,6 +14,7 @@ name               what                                        classes  tokens  
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,8 +73,35 @@ class Task:
         return self._prepare(cache_dir=cache_dir, **options)
 
     def dataset(self, split: str = "train", cache_dir: str | os.PathLike | None = None, **options: Any) -> Any:
-        """The prepared ``split`` as a torch ``Dataset`` (options go to the task's dataset function)."""
+        """The prepared ``split`` as a torch ``Dataset`` (options go to the task's dataset function).
+
+        Raises:
+            TypeError: an option this task's dataset does not take, or a value of the wrong type.
+        """
+        self.check_dataset_options(options)
         return self._dataset(split, cache_dir, **options)
+
+    @property
+    def dataset_options(self) -> dict[str, Any]:
+        """The keyword options :meth:`dataset` takes besides ``split`` and ``cache_dir``, with their defaults."""
+        params = list(inspect.signature(self._dataset).parameters.values())[2:]
+        return {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+    def check_dataset_options(self, options: dict[str, Any]) -> None:
+        """Raise ``TypeError`` naming the first option of ``options`` that :meth:`dataset` does not take, or
+        whose value has another type than the option's default (an int is accepted for a float)."""
+        known = self.dataset_options
+        for name, value in options.items():
+            if name not in known:
+                raise TypeError(f"task {self.name!r} takes no dataset option {name!r} (it takes: "
+                                f"{', '.join(known) or 'none'})")
+            default = known[name]
+            if default is None or default is inspect.Parameter.empty:
+                continue
+            expected = (int, float) if type(default) is float else type(default)
+            if not isinstance(value, expected) or (isinstance(value, bool) and type(default) is not bool):
+                raise TypeError(f"dataset option {name!r} of task {self.name!r} must be of type "
+                                f"{type(default).__name__} (default {default!r}), got {value!r}")
 
     def is_prepared(self, cache_dir: str | os.PathLike | None = None, **options: Any) -> bool:
         """Whether all of the task's files are in the cache."""

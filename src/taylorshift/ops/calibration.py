@@ -3,26 +3,48 @@
 ``taylorshift calibrate`` measures, for each head size, where efficient overtakes direct on this machine
 and stores the result here: a small JSON file ``calibration.json`` in the cache directory
 (``$TAYLORSHIFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/taylorshift``, else ``~/.cache/taylorshift``).
-Set ``TAYLORSHIFT_CALIBRATION=off`` to ignore it.
+
+``TAYLORSHIFT_CALIBRATION`` switches its use by ``auto``: unset, empty, ``1``, ``on``, ``true`` or ``yes``
+(any case, spaces ignored) use the stored file; ``0``, ``off``, ``false`` or ``no`` ignore it (``auto`` then
+follows the analytic model). Any other value is a mistake: attention warns once and ignores the file,
+``taylorshift calibrate`` refuses to run. The variable never affects what ``taylorshift calibrate`` stores:
+new entries are always merged with those on disk.
 
 An entry is keyed by device type, compute dtype and head size ``d`` and holds the measured crossover
 ``n0`` (for ``L = S = N``, ``dv = d``) and the analytic ``n0_model`` of the implemented feature form.
 Their ratio ``ρ = n0 / n0_model`` rescales the analytic FLOP model, so the calibrated rule
 ``ρ · flops_efficient(L, S, d, dv) < flops_direct(L, S, d, dv)`` also covers ``L ≠ S`` and ``dv ≠ d``.
+
+The file is validated when read, entry by entry: a damaged file never breaks attention. What is invalid
+(unparsable JSON, an unknown version, ``entries`` that is not a mapping, a malformed key, an ``n0`` or
+``n0_model`` that is not a finite positive number) is ignored with one warning per file version naming the
+path and the problem; valid entries beside it are still used.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
+from taylorshift.files import atomic_open
+from taylorshift.switches import parse_switch
+
 FILENAME = "calibration.json"
 VERSION = 1
+ENV_VAR = "TAYLORSHIFT_CALIBRATION"
+_KEY = re.compile(r"[a-z_]+/[a-z0-9_]+/d[1-9][0-9]*")
 
 _cache: dict[str, Any] = {"path": None, "mtime": None, "entries": {}}
+_warned_env: set[str] = set()
+
+
+class CalibrationWarning(UserWarning):
+    """The calibration file (or ``TAYLORSHIFT_CALIBRATION``) is invalid; what is invalid is ignored."""
 
 
 def cache_dir() -> Path:
@@ -42,10 +64,74 @@ def entry_key(device_type: str, dtype: str, d: int) -> str:
     return f"{device_type}/{dtype.removeprefix('torch.')}/d{d}"
 
 
-def load_entries(path: Path | None = None) -> dict[str, dict[str, Any]]:
-    """All stored entries (empty if there is no file, it is disabled, or it cannot be read)."""
-    if os.environ.get("TAYLORSHIFT_CALIBRATION", "").lower() in ("off", "0", "false", "no"):
-        return {}
+def calibration_enabled(strict: bool = False) -> bool:
+    """Whether ``auto`` uses the stored file, from ``TAYLORSHIFT_CALIBRATION`` (see the module docstring).
+
+    Args:
+        strict: raise on an invalid value instead of warning (once per value) and returning False.
+
+    Raises:
+        ValueError: with ``strict``, an invalid value.
+    """
+    value = os.environ.get(ENV_VAR)
+    try:
+        return parse_switch(ENV_VAR, value, default=True)
+    except ValueError as err:
+        if strict:
+            raise
+        if value not in _warned_env:
+            _warned_env.add(value)
+            warnings.warn(f"{err}; the stored calibration is not used", CalibrationWarning, stacklevel=3)
+        return False
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def entry_problem(key: Any, entry: Any) -> str | None:
+    """Why ``key: entry`` is not a usable calibration entry, or None."""
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        return f"key {key!r} is not of the form <device>/<dtype>/d<head size>"
+    if not isinstance(entry, dict):
+        return f"entry {key!r} is not a mapping"
+    for name in ("n0", "n0_model"):
+        if not _positive_number(entry.get(name)):
+            return f"entry {key!r} has {name} = {entry.get(name)!r}, not a finite positive number"
+    slowdown = entry.get("max_slowdown", 1.0)
+    if not _positive_number(slowdown):
+        return f"entry {key!r} has max_slowdown = {slowdown!r}, not a finite positive number"
+    return None
+
+
+def _parse(text: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Valid entries of a file's text, and the problems found."""
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        return {}, [f"not valid JSON ({err})"]
+    if not isinstance(data, dict):
+        return {}, [f"holds a {type(data).__name__}, not a mapping"]
+    if data.get("version") != VERSION:
+        return {}, [f"has version {data.get('version')!r}, expected {VERSION}"]
+    entries = data.get("entries")
+    if not isinstance(entries, dict):
+        return {}, [f"'entries' is a {type(entries).__name__}, not a mapping"]
+    valid, problems = {}, []
+    for key, entry in entries.items():
+        problem = entry_problem(key, entry)
+        if problem is None:
+            valid[key] = entry
+        else:
+            problems.append(problem)
+    return valid, problems
+
+
+def read_entries(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The valid entries stored in ``path`` (default :func:`calibration_path`), whatever
+    ``TAYLORSHIFT_CALIBRATION`` says; empty if there is no file. Invalid parts are ignored with one
+    :class:`CalibrationWarning` per file version. The result is cached until the file changes: do not
+    modify it."""
     path = calibration_path() if path is None else path
     try:
         mtime = path.stat().st_mtime_ns
@@ -54,37 +140,50 @@ def load_entries(path: Path | None = None) -> dict[str, dict[str, Any]]:
     if _cache["path"] == path and _cache["mtime"] == mtime:
         return _cache["entries"]
     try:
-        data = json.loads(path.read_text())
-        entries = data["entries"] if data.get("version") == VERSION else {}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        entries = {}  # a damaged file must never break attention; `taylorshift calibrate` rewrites it
+        entries, problems = _parse(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        entries, problems = {}, [f"cannot be read ({err})"]
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        warnings.warn(f"calibration file {path}: {problems[0]}{more}; ignoring what is invalid "
+                      f"({len(entries)} valid entries kept). Rerun 'taylorshift calibrate' to rewrite it.",
+                      CalibrationWarning, stacklevel=3)
     _cache.update(path=path, mtime=mtime, entries=entries)
     return entries
+
+
+def load_entries(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The entries ``auto`` uses: :func:`read_entries`, or nothing when ``TAYLORSHIFT_CALIBRATION`` is off
+    (or invalid)."""
+    if not calibration_enabled():
+        return {}
+    return read_entries(path)
 
 
 def lookup_ratio(device_type: str, dtype: str, d: int) -> float | None:
     """``ρ = n0 / n0_model`` for this device type, dtype and head size, or None."""
     entry = load_entries().get(entry_key(device_type, dtype, d))
-    try:
-        ratio = float(entry["n0"]) / float(entry["n0_model"])
-    except (TypeError, KeyError, ValueError, ZeroDivisionError):
+    if entry is None:
         return None
-    return ratio if ratio > 0 else None
+    return float(entry["n0"]) / float(entry["n0_model"])
 
 
 def save_entries(new_entries: dict[str, dict[str, Any]], path: Path | None = None) -> Path:
-    """Merge ``new_entries`` into the stored file, written atomically (temp file + rename)."""
+    """Merge ``new_entries`` into the stored file (its valid entries are kept whatever
+    ``TAYLORSHIFT_CALIBRATION`` says), written atomically.
+
+    Raises:
+        ValueError: an entry of ``new_entries`` is invalid (see :func:`entry_problem`).
+        OSError: the file cannot be written.
+    """
+    for key, entry in new_entries.items():
+        problem = entry_problem(key, entry)
+        if problem is not None:
+            raise ValueError(f"cannot store calibration: {problem}")
     path = calibration_path() if path is None else path
     path.parent.mkdir(parents=True, exist_ok=True)
-    entries = dict(load_entries(path)) if path.exists() else {}
+    entries = dict(read_entries(path))
     entries.update(new_entries)
-    payload = json.dumps({"version": VERSION, "entries": entries}, indent=2, sort_keys=True)
-    fd, tmp = tempfile.mkstemp(prefix=".calibration-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w") as f:
+        f.write(json.dumps({"version": VERSION, "entries": entries}, indent=2, sort_keys=True))
     return path

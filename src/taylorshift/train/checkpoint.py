@@ -5,12 +5,15 @@ Layout of ``checkpoint.safetensors``:
 * tensors ``model.<name>`` (the model's ``state_dict``), ``optim.<param index>.<name>`` (AdamW moments and
   step counts), ``rng.torch`` (the CPU generator's state);
 * metadata (strings): ``format`` (:data:`FORMAT`), ``meta`` (JSON: train config, model config and its class,
-  step, total steps, warm-up, elapsed time, optimizer param groups, Python RNG state) and ``sha256`` (a hash
-  of every tensor's bytes, so a flipped bit is caught, not trained on).
+  step, total steps, warm-up, elapsed time, optimizer param groups, Python RNG state), ``sha256`` (a hash of
+  every tensor's name, dtype, shape and bytes) and ``meta_sha256`` (a hash of every other metadata entry,
+  byte for byte). Together the two hashes cover everything a resume restores: a flipped bit in a weight,
+  in the step count or in a hyper-parameter is caught, not trained on.
 
 Loading never unpickles anything (safetensors holds raw tensors; the rest is JSON). A truncated or altered
 file, a file that is not ours, or a model that does not match raises :class:`CheckpointError` saying what
-is wrong.
+is wrong. Checkpoints of the first format (``taylorshift-checkpoint-v1``, tensors hashed, metadata not) are
+still read, with a :class:`UnverifiedCheckpointWarning`; the next save of the run writes the current format.
 """
 
 from __future__ import annotations
@@ -20,18 +23,27 @@ import hashlib
 import json
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-FORMAT = "taylorshift-checkpoint-v1"
+from taylorshift.files import atomic_write, os_error
+
+FORMAT = "taylorshift-checkpoint-v2"
+LEGACY_FORMAT = "taylorshift-checkpoint-v1"  # metadata not covered by a hash: read with a warning
 FILENAME = "checkpoint.safetensors"
+_HASH_KEYS = ("sha256", "meta_sha256")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: corrupted, not a taylorshift checkpoint, or not matching the run."""
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A checkpoint of the first format: its tensors are verified, its metadata (config, step, ...) cannot be."""
 
 
 def _safetensors():
@@ -44,12 +56,24 @@ def _safetensors():
 
 
 def _digest(tensors: dict[str, Tensor]) -> str:
+    """sha256 of every tensor's name, dtype, shape and bytes, in name order."""
     h = hashlib.sha256()
     for key in sorted(tensors):
         t = tensors[key].contiguous()
         h.update(key.encode())
         h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _meta_digest(metadata: dict[str, str]) -> str:
+    """sha256 of every metadata entry except the hashes themselves: the exact strings that are parsed,
+    each length-prefixed, in key order."""
+    h = hashlib.sha256()
+    for key in sorted(k for k in metadata if k not in _HASH_KEYS):
+        for part in (key.encode(), metadata[key].encode()):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
     return h.hexdigest()
 
 
@@ -78,7 +102,11 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
     """Write model, optimizer and RNG state plus ``meta`` (JSON-ready) to ``path`` atomically.
 
     The file is written next to ``path`` under a temporary name, flushed to disk, then renamed over
-    ``path``: an interruption leaves either the old or the new checkpoint, never a partial one.
+    ``path`` (:func:`taylorshift.files.atomic_write`): an interruption or a full disk leaves either the old
+    or the new checkpoint, never a partial one, and the temporary file of a killed run is removed.
+
+    Raises:
+        OSError: the file cannot be written (the folder is read-only, the disk is full, ...).
     """
     st, _ = _safetensors()
     path = Path(path)
@@ -91,12 +119,17 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
     tensors["rng.torch"] = torch.get_rng_state()
     meta["python_rng"] = _python_rng_to_json(random.getstate())
     metadata = {"format": FORMAT, "meta": json.dumps(meta), "sha256": _digest(tensors)}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    st.save_file(tensors, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    metadata["meta_sha256"] = _meta_digest(metadata)
+
+    def write(tmp: Path) -> None:
+        try:
+            st.save_file(tensors, str(tmp), metadata=metadata)
+        except Exception as err:  # safetensors reports I/O failures (a full disk) as its own error type
+            if isinstance(err, OSError):
+                raise
+            raise os_error(err, path) from None
+
+    return atomic_write(path, write)
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -118,11 +151,18 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error type for every parse failure
         raise CheckpointError(f"checkpoint {path} is corrupted or not a safetensors file ({e})") from None
-    if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a taylorshift training checkpoint (format "
-                              f"{metadata.get('format')!r}, expected {FORMAT!r})")
+    fmt = metadata.get("format")
+    if fmt not in (FORMAT, LEGACY_FORMAT):
+        raise CheckpointError(f"{path} is not a taylorshift training checkpoint (format {fmt!r}, expected {FORMAT!r})")
     if _digest(tensors) != metadata.get("sha256"):
         raise CheckpointError(f"checkpoint {path} is corrupted: its tensors do not match the stored sha256")
+    if fmt == FORMAT and _meta_digest(metadata) != metadata.get("meta_sha256"):
+        raise CheckpointError(f"checkpoint {path} is corrupted: its metadata (config, step, schedule, optimizer "
+                              "settings or RNG state) does not match the stored meta_sha256")
+    if fmt == LEGACY_FORMAT:
+        warnings.warn(f"checkpoint {path} has the older format {LEGACY_FORMAT!r}: its tensors are verified but its "
+                      "metadata (config, step, schedule, optimizer settings) is not covered by a hash; the next "
+                      "save writes the current format", UnverifiedCheckpointWarning, stacklevel=2)
     try:
         meta = json.loads(metadata["meta"])
     except (KeyError, json.JSONDecodeError) as e:

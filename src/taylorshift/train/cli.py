@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from taylorshift.cli import positive_int
+from taylorshift.cli import CLIError, non_negative_float, non_negative_int, output_dir, positive_float, positive_int
 
 EPILOG = """\
 examples:
@@ -20,6 +20,7 @@ Precedence: TrainConfig defaults < --config file < --set key=value < explicit fl
 A run folder (--out-dir, default runs/<task>-<model>-<attention>) gets config.json, metrics.csv, curves.png,
 checkpoint.safetensors (every --ckpt-every steps and at the end) and summary.json. Interrupt at any time;
 --resume continues from the last checkpoint with the same losses an uninterrupted run would have.
+Errors (a bad value, an unknown task, an unwritable --out-dir, ...) are reported in one line before any work.
 """
 
 # flag -> TrainConfig field, for flags that map one-to-one
@@ -43,25 +44,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "or data_options.seq_len=256 (repeatable)")
     g = parser.add_argument_group("budget (exactly one)")
     g.add_argument("--max-steps", type=positive_int, help="optimizer steps")
-    g.add_argument("--epochs", type=float, help="passes over the training set")
-    g.add_argument("--budget-minutes", type=float, help="train for this many minutes (see --budget-clock)")
+    g.add_argument("--epochs", type=positive_float, help="passes over the training set")
+    g.add_argument("--budget-minutes", type=positive_float, help="train for this many minutes (see --budget-clock)")
     g.add_argument("--budget-clock", choices=("cpu", "wall"), help="clock of --budget-minutes (default cpu time)")
     g = parser.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=positive_int, help="global batch size (default 32)")
-    g.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
-    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.05)")
-    g.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 100)")
-    g.add_argument("--label-smoothing", type=float, help="default 0.1")
-    g.add_argument("--grad-clip", type=float, help="max gradient norm, 0 = off (default 1.0)")
+    g.add_argument("--lr", type=positive_float, help="peak learning rate (default 1e-3)")
+    g.add_argument("--weight-decay", type=non_negative_float, help="AdamW weight decay (default 0.05)")
+    g.add_argument("--warmup-steps", type=non_negative_int, help="linear warm-up steps (default 100)")
+    g.add_argument("--label-smoothing", type=non_negative_float, help="default 0.1")
+    g.add_argument("--grad-clip", type=non_negative_float, help="max gradient norm, 0 = off (default 1.0)")
     g.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast")
-    g.add_argument("--seed", type=int, help="seed of init, data order and dropout (default 0)")
+    g.add_argument("--seed", type=non_negative_int, help="seed of init, data order and dropout (default 0)")
     g.add_argument("--train-samples", type=positive_int, help="train on the first N examples only")
     g = parser.add_argument_group("run folder, evaluation and checkpoints")
     g.add_argument("--out-dir", help="run folder (default runs/<task>-<model>-<attention>)")
     g.add_argument("--cache-dir", help="data cache (default $TAYLORSHIFT_DATA_DIR or ~/.cache/taylorshift/data)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its checkpoint")
     g.add_argument("--overwrite", action="store_true", help="delete the run in --out-dir and start again")
-    g.add_argument("--eval-every", type=int, help="validation every N steps (default 0: at the end only)")
+    g.add_argument("--eval-every", type=non_negative_int, help="validation every N steps (default 0: at the end only)")
     g.add_argument("--eval-samples", type=positive_int, help="evaluate on at most N examples per split")
     g.add_argument("--eval-batch-size", type=positive_int, help="default 64")
     g.add_argument("--ckpt-every", type=positive_int, help="checkpoint every N steps (default 200)")
@@ -72,15 +73,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace):
-    """The :class:`TrainConfig` from defaults, ``--config``, ``--set`` and flags (in that order)."""
-    from taylorshift.train.config import apply_overrides, make_config, read_config_file
+    """The :class:`TrainConfig` from defaults, ``--config``, ``--set`` and flags (in that order).
+
+    Raises:
+        CLIError: an invalid value; the message names where it came from (the flag, the ``--set`` item or
+            the ``--config`` file).
+    """
+    from taylorshift.train.config import ConfigError, apply_overrides, make_config, read_config_file
 
     data = read_config_file(args.config) if args.config else {}
+    source = {name: f"--config {args.config}" for name in data}  # field -> where its value came from
     data = apply_overrides(data, args.overrides)
+    for item in args.overrides:
+        source[item.partition("=")[0].split(".")[0]] = f"--set {item}"
     for name in _FLAGS:
         value = getattr(args, name, None)
         if value is not None:
             data[name] = value
+            source[name] = f"--{name.replace('_', '-')} {value}"
     if args.bf16:
         data["bf16"] = True
     if args.no_progress:
@@ -90,26 +100,23 @@ def resolve_config(args: argparse.Namespace):
         for n in ("max_steps", "epochs", "budget_minutes"):
             if n not in budget_flags:
                 data.pop(n, None)
-    return make_config(data)
+    try:
+        return make_config(data)
+    except ConfigError as err:
+        where = source.get(err.field)
+        raise CLIError(f"{where}: {err}" if where else str(err)) from None
 
 
 def run(args: argparse.Namespace) -> int:
-    from taylorshift.data.cache import DataNotPreparedError
-    from taylorshift.train.loop import RunExistsError, train
+    from taylorshift.train.loop import train
 
-    try:
-        cfg = resolve_config(args)
-    except (ValueError, TypeError, KeyError, OSError) as e:
-        print(f"taylorshift train: error: {e}", file=sys.stderr)
-        return 2
+    cfg = resolve_config(args)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    output_dir(cfg.out_dir, "--out-dir")
     try:
         summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    except (DataNotPreparedError, RunExistsError, ValueError) as e:  # CheckpointError is a ValueError
-        print(f"taylorshift train: error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted: rerun with --resume --out-dir {cfg.out_dir} to continue from the last checkpoint",
               file=sys.stderr)

@@ -7,11 +7,16 @@ be resumed, evaluated or reproduced from its folder alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from taylorshift.files import atomic_open
 
 # the model preset a task trains by default (CPU-sized presets, head size 16)
 DEFAULT_MODELS: dict[str, str] = {
@@ -101,42 +106,62 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.task, str) or not self.task:
-            raise ValueError(f"task must be a task name, got {self.task!r}")
-        if self.model is None:
-            if self.task not in DEFAULT_MODELS:
-                raise ValueError(f"task {self.task!r} has no default model; pass model=<preset>")
-            self.model = DEFAULT_MODELS[self.task]
-        if self.out_dir is None:
-            self.out_dir = str(Path("runs") / f"{self.task}-{self.model}-{self.attention}")
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)  # type: ignore[assignment]  (JSON and YAML give lists)
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
-        for name in ("model_overrides", "data_options"):
-            if not isinstance(getattr(self, name), dict):
-                raise TypeError(f"{name} must be a mapping, got {type(getattr(self, name)).__name__}")
         budgets = [n for n in ("max_steps", "epochs", "budget_minutes") if getattr(self, n) is not None]
         if len(budgets) != 1:
-            raise ValueError(f"set exactly one of max_steps, epochs, budget_minutes (got {budgets or 'none'})")
+            raise ConfigError(budgets[-1] if budgets else "max_steps",
+                              f"set exactly one of max_steps, epochs, budget_minutes (got {budgets or 'none'})")
         for name in ("batch_size", "eval_batch_size", "ckpt_every", "log_every"):
-            _check_int(name, getattr(self, name), minimum=1)
-        for name in ("eval_every", "warmup_steps", "seed"):
-            _check_int(name, getattr(self, name), minimum=0)
+            _check_min(name, getattr(self, name), 1)
+        for name in ("eval_every", "warmup_steps", "seed", "weight_decay", "grad_clip"):
+            _check_min(name, getattr(self, name), 0)
         for name in ("max_steps", "train_samples", "eval_samples", "threads"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), minimum=1)
+                _check_min(name, getattr(self, name), 1)
         for name in ("epochs", "budget_minutes", "lr"):
             value = getattr(self, name)
-            if value is not None and not float(value) > 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
+            if value is not None and not value > 0:
+                raise ConfigError(name, f"{name} must be positive, got {value!r}")
         if self.budget_clock not in ("cpu", "wall"):
-            raise ValueError(f"budget_clock must be 'cpu' or 'wall', got {self.budget_clock!r}")
+            raise ConfigError("budget_clock", f"budget_clock must be 'cpu' or 'wall', got {self.budget_clock!r}")
         for name, lo, hi in (("label_smoothing", 0, 1), ("min_lr_ratio", 0, 1)):
-            if not lo <= float(getattr(self, name)) <= hi:
-                raise ValueError(f"{name} must be in [{lo}, {hi}], got {getattr(self, name)!r}")
-        for name in ("weight_decay", "grad_clip"):
-            if float(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+            if not lo <= getattr(self, name) <= hi:
+                raise ConfigError(name, f"{name} must be in [{lo}, {hi}], got {getattr(self, name)!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+            raise ConfigError("betas", f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        self._check_task_and_model()
+        if self.out_dir is None:
+            self.out_dir = str(Path("runs") / f"{self.task}-{self.model}-{self.attention}")
+
+    def _check_task_and_model(self) -> None:
+        """The task exists, takes ``data_options``, and the model preset, attention, backend and
+        ``model_overrides`` resolve (so a typo fails here, before any data is loaded)."""
+        from taylorshift.data import get_task
+        from taylorshift.models.registry import model_config
+
+        if not self.task:
+            raise ConfigError("task", "task must be a task name, got ''")
+        try:
+            task = get_task(self.task)
+        except KeyError as err:
+            raise ConfigError("task", err.args[0]) from None
+        if self.model is None:
+            if self.task not in DEFAULT_MODELS:
+                raise ConfigError("model", f"task {self.task!r} has no default model; pass model=<preset>")
+            self.model = DEFAULT_MODELS[self.task]
+        try:
+            task.check_dataset_options(self.data_options)
+        except TypeError as err:
+            raise ConfigError("data_options", str(err)) from None
+        try:
+            model_config(self.model, self.attention, self.backend, **self.model_overrides)
+        except (ValueError, TypeError) as err:
+            field_name = "model_overrides" if "override" in str(err) else "model"
+            raise ConfigError(field_name, str(err)) from None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field."""
@@ -150,9 +175,64 @@ class TrainConfig:
         return {k: d[k] for k in IDENTITY_FIELDS}
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+class ConfigError(ValueError):
+    """An invalid :class:`TrainConfig` value; ``field`` names the field (the CLI maps it to the option)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _describe(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return " or ".join(_describe(a) for a in args if a is not type(None)) + " or null"
+    names = {int: "an int", float: "a finite number", str: "a string", bool: "true or false"}
+    if hint in names:
+        return names[hint]
+    origin = typing.get_origin(hint)
+    if origin is dict:
+        return "a mapping"
+    if origin is tuple:
+        return f"a list of {len(args)} numbers"
+    return str(hint)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if type(None) in args:
+        return value is None or any(_matches(value, a) for a in args if a is not type(None))
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if origin is tuple:
+        return isinstance(value, tuple) and len(value) == len(args) and all(_matches(v, a) for v, a in
+                                                                             zip(value, args, strict=True))
+    raise TypeError(f"no check for the type {hint}")  # pragma: no cover - a new field type needs one
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    if not _matches(value, hint):
+        raise ConfigError(name, f"{name} must be {_describe(hint)}, got {value!r}")
+
+
+def _check_min(name: str, value: Any, minimum: int) -> None:
+    if value < minimum:
+        kind = "an int" if isinstance(value, int) else "a number"
+        raise ConfigError(name, f"{name} must be {kind} >= {minimum}, got {value!r}")
 
 
 def config_fields() -> list[str]:
@@ -236,8 +316,6 @@ def make_config(data: dict[str, Any]) -> TrainConfig:
 
 def write_config(config: TrainConfig, path: str | os.PathLike) -> Path:
     """Write the resolved config as JSON (atomically)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    with atomic_open(path) as f:
+        f.write(json.dumps(config.to_dict(), indent=2) + "\n")
+    return Path(path)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from taylorshift.cli import positive_int
+from taylorshift.cli import output_file, positive_int
+from taylorshift.files import atomic_open
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--cache-dir", help="data cache (default: the one in the checkpoint's config)")
     parser.add_argument("--threads", type=positive_int, help="torch threads")
-    parser.add_argument("--json", help="also write the result to this JSON file")
+    parser.add_argument("--json", help="also write the result to this JSON file (its folder must exist)")
 
 
 def evaluate_checkpoint(checkpoint: str, split: str = "test", backend: str | None = None,
@@ -82,18 +81,14 @@ def evaluate_checkpoint(checkpoint: str, split: str = "test", backend: str | Non
 
 
 def run(args: argparse.Namespace) -> int:
-    from taylorshift.data.cache import DataNotPreparedError
-
+    if args.json:
+        output_file(args.json, "--json")  # before the evaluation, not after it
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    try:
-        result = evaluate_checkpoint(args.checkpoint, args.split, args.backend, args.compare_backend, args.samples,
-                                     args.batch_size, args.cache_dir)
-    except (FileNotFoundError, DataNotPreparedError, ValueError) as e:  # CheckpointError is a ValueError
-        print(f"taylorshift eval: error: {e}", file=sys.stderr)
-        return 1
+    result = evaluate_checkpoint(args.checkpoint, args.split, args.backend, args.compare_backend, args.samples,
+                                 args.batch_size, args.cache_dir)
     print(f"{result['task']} {result['split']} ({result['count']} predictions) {result['attention']} "
           f"[{result['backend']}]: accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}")
     if "compare" in result:
@@ -102,5 +97,6 @@ def run(args: argparse.Namespace) -> int:
               f"{100 * c['prediction_agreement']:.2f} %, max |logit diff| {c['max_abs_logit_diff']:.2e} "
               f"(max |logit| {c['max_abs_logit']:.2f})")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        with atomic_open(args.json) as f:
+            f.write(json.dumps(result, indent=2) + "\n")
     return 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from taylorshift.data import get_task
+from taylorshift.files import atomic_open, remove_stale_temps
 from taylorshift.models.registry import model_config
 from taylorshift.train import checkpoint as ckpt
 from taylorshift.train import distributed as dist_utils
@@ -160,6 +160,8 @@ class Trainer:
         elif resume and self.info.is_main:
             print(f"no checkpoint in {self.out}: starting a new run")
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.info.is_main:  # a checkpoint half-written by a killed run
+            remove_stale_temps(self.ckpt_path)
         dist_utils.barrier(self.info)
 
     def _check_model_fits_task(self) -> None:
@@ -391,9 +393,8 @@ class Trainer:
                 "threads": torch.get_num_threads(), "torch": torch.__version__,
                 "val": val, "test": test,
             }
-            tmp = self.out / "summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2) + "\n")
-            os.replace(tmp, self.out / "summary.json")
+            with atomic_open(self.out / "summary.json") as f:
+                f.write(json.dumps(summary, indent=2) + "\n")
         dist_utils.barrier(self.info)
         return summary or {}
 

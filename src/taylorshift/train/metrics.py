@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from taylorshift.files import atomic_open
+
 COLUMNS = ("step", "split", "epoch", "loss", "accuracy", "lr", "samples", "train_seconds", "cpu_seconds",
            "samples_per_second")
 
@@ -27,12 +29,10 @@ class MetricsLog:
         if not self.enabled or not self.path.exists():
             return
         rows = [r for r in read_metrics(self.path) if int(r["step"]) <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_open(self.path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
 
     def append(self, **row: Any) -> None:
         if not self.enabled:
