@@ -104,7 +104,7 @@ class ReadOnlyDir:
         import subprocess
 
         if self.mounted:
-            subprocess.run(["umount", str(self.path)], capture_output=True)
+            subprocess.run(["umount", "-l", str(self.path)], capture_output=True)  # lazy: even if a file is open
         else:
             self.path.chmod(0o755)
 

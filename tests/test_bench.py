@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from conftest import assert_one_error_line, cli_error, run_cli_with_file_size_limit
 from taylorshift.bench import (
     STATUSES,
     BenchBackend,
@@ -343,3 +344,49 @@ def test_cli_parses_sizes_and_help_mentions_every_option():
     cfg = cli_bench.build_config(args)
     assert cfg.heads == 2 and cfg.head_dims == cli_bench.QUICK["head_dims"] and cfg.budget_seconds is None
     assert math.isfinite(cfg.budget_memory_mib) and cfg.budget_memory_mib > 0
+
+
+# ------------------------------------------------------------------------------------------ CLI errors
+# the smallest sweep: one point, no memory worker, no plots
+TINY_BENCH = ["bench", "--head-dims", "4", "--heads", "1", "--n-min", "16", "--n-max", "16", "--dense", "0",
+              "--backends", "direct", "--repeats", "1", "--warmup", "0", "--no-memory", "--no-plots", "--no-progress",
+              "--threads", "1"]
+
+
+def _no_sweep(monkeypatch):
+    import taylorshift.bench.sweep as sweep
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("measured before checking the options")
+
+    monkeypatch.setattr(sweep, "run_sweep", must_not_run)
+
+
+def test_cli_bench_device_errors(capsys, monkeypatch):
+    _no_sweep(monkeypatch)
+    cli_error(capsys, [*TINY_BENCH, "--device", "nosuch"], "--device", "unknown device 'nosuch'")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cli_error(capsys, [*TINY_BENCH, "--device", "cuda"], "--device", "CUDA is not available")
+    cli_error(capsys, [*TINY_BENCH, "--device", "cuda:3"], "--device", "CUDA is not available")
+
+
+def test_cli_bench_out_that_is_a_file(tmp_path, capsys, monkeypatch):
+    _no_sweep(monkeypatch)
+    (tmp_path / "file").write_text("x")
+    cli_error(capsys, [*TINY_BENCH, "--out", str(tmp_path / "file")], "--out", "is an existing file")
+
+
+def test_cli_bench_out_read_only(capsys, monkeypatch, read_only_dir):
+    _no_sweep(monkeypatch)
+    read_only_dir.freeze()
+    cli_error(capsys, [*TINY_BENCH, "--out", str(read_only_dir.path / "res")], "--out", "cannot be created")
+
+
+def test_cli_bench_out_on_a_full_disk(tmp_path):
+    ((rc, err),) = run_cli_with_file_size_limit([[*TINY_BENCH, "--out", str(tmp_path / "res")]], limit_bytes=300)
+    assert_one_error_line(rc, err, "(output of --out)", str(tmp_path / "res"))
+    assert not [p.name for p in (tmp_path / "res").iterdir() if p.stat().st_size == 0 or "tmp" in p.name]
+
+
+def test_cli_bench_from_results_errors(tmp_path, capsys):
+    cli_error(capsys, ["bench", "--from-results", str(tmp_path / "nothing"), "--no-plots"], "--from-results")

@@ -538,6 +538,6 @@ def test_cli_errors(tmp_path, capsys, monkeypatch):
     assert "--size does not apply" in capsys.readouterr().err
     monkeypatch.setattr(fashion_mnist, "SYSTEM_DIRS", ())
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    assert main(["data", "prepare", "pixels", "--cache-dir", str(tmp_path)]) == 1
+    assert main(["data", "prepare", "pixels", "--cache-dir", str(tmp_path)]) == 2
     assert "dataset-fashion-mnist" in capsys.readouterr().err
     assert main(["data"]) == 2

@@ -229,7 +229,7 @@ def test_generate_cli(tmp_path, capsys, attention):
     assert first.out == "Hello" + expected + "\n"
     assert main([*args, "--no-echo"]) == 0
     assert capsys.readouterr().out == expected + "\n"
-    assert main(["generate", "--checkpoint", str(tmp_path / "missing.safetensors")]) == 1
+    assert main(["generate", "--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
     assert "error" in capsys.readouterr().err
 
 
