@@ -443,3 +443,17 @@ def test_cli_train_on_a_full_disk_is_one_line(data_dir, tmp_path, finished_run):
         assert_one_error_line(rc, err, "(output of --out-dir)", str(tmp_path / run))
     assert not list((tmp_path / "resume").glob(".*tmp*"))  # no half-written temporaries left
     assert read_checkpoint(tmp_path / "resume")[1]["step"] == 4  # the checkpoint is intact
+
+
+def test_a_diverging_run_does_not_name_a_missing_checkpoint(data_dir, tmp_path, monkeypatch):
+    import taylorshift.train.loop as loop
+
+    real = loop.loss_and_correct
+
+    def nan_loss(logits, targets, smoothing):
+        loss, correct, count = real(logits, targets, smoothing)
+        return loss * float("nan"), correct, count
+
+    monkeypatch.setattr(loop, "loss_and_correct", nan_loss)
+    with pytest.raises(FloatingPointError, match="no checkpoint was written"):
+        train(tiny_config(data_dir, tmp_path / "r", max_steps=2))

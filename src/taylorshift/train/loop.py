@@ -328,8 +328,10 @@ class Trainer:
                 logits = logits_of(self.ddp, self.kind, batch)
             loss, correct, count = loss_and_correct(logits, batch.targets, cfg.label_smoothing)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss is {float(loss)} at step {self.step}: lower lr "
-                                         f"({cfg.lr}) or disable bf16; the last checkpoint is {self.ckpt_path}")
+                last = (f"the last checkpoint is {self.ckpt_path}" if self.ckpt_path.exists()
+                        else "no checkpoint was written")
+                raise FloatingPointError(f"training loss is {loss.item()} at step {self.step}: lower lr "
+                                         f"({cfg.lr}) or disable bf16; {last}")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
