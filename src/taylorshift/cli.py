@@ -213,7 +213,7 @@ def error_message(err: BaseException) -> str:
 
 @contextmanager
 def _one_line_warnings(prefix: str) -> Iterator[None]:
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+    def show(message, category, filename, lineno, file=None, line=None):
         print(f"{prefix}: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
     saved = warnings.showwarning
