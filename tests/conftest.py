@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -167,3 +169,20 @@ def assert_one_error_line(rc: int, err: str, *needles: str) -> str:
     for needle in needles:
         assert needle in errors[0], f"{needle!r} not in {errors[0]!r}"
     return errors[0]
+
+
+# Hypothesis profiles. "ci" (the default) is derandomised: every run checks the same examples, so a failure is
+# reproducible and never luck; print_blob shows how to replay one. "explore" (HYPOTHESIS_PROFILE=explore) draws
+# fresh random examples, more of them, for local bug hunting (add --hypothesis-seed=N to replay a run); "dev" is
+# random at the CI size.
+try:
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:  # a dev dependency: the property tests import it themselves
+    _hypothesis_settings = None
+if _hypothesis_settings is not None:
+    _hypothesis_settings.register_profile(
+        "ci", max_examples=150, derandomize=True, print_blob=True, deadline=None, database=None
+    )
+    _hypothesis_settings.register_profile("dev", max_examples=150, print_blob=True, deadline=None)
+    _hypothesis_settings.register_profile("explore", max_examples=2000, print_blob=True, deadline=None)
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

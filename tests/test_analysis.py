@@ -325,16 +325,23 @@ def test_analysis_imports_and_runs_without_torch():
 # CLI
 
 
-def test_cli_default_table(capsys):
+def test_cli_default_table_shows_what_auto_uses(capsys):
+    """One cost model: the table's N0 auto is where backend="auto" switches (the implemented symmetric form),
+    with the paper's full-form figure beside it."""
+    from taylorshift.analysis import auto_crossover
+
     assert main(["crossover"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    for d, speed, memory in [(16, 273, 158), (32, 1057, 574), (64, 4161, 2174), (128, 16513, 8446)]:
-        row = next(line for line in lines if line.split()[:2] == ["full", str(d)])
+    header = next(line for line in lines if line.startswith("form")).split("  ")
+    header = [h.strip() for h in header if h.strip()]
+    assert header[4:8] == ["N0 auto", "N0 auto causal", "N0 paper", "N0 memory"]
+    for d, auto, paper, memory in [(16, 153, 273, 96), (32, 561, 1057, 323), (64, 2145, 4161, 1163)]:
+        row = next(line for line in lines if line.split()[:2] == ["symmetric", str(d)])
         cells = row.split()
-        assert cells[4:6] == [str(speed), str(memory)]
-        assert float(cells[6]) == pytest.approx(cost_ratio(4096, d), rel=1e-3)
-        assert float(cells[7]) == pytest.approx(cost_ratio(4096, d, "memory"), rel=1e-3)
+        assert cells[4:8] == [str(auto), str(round(auto_crossover(d, causal=True))), str(paper), str(memory)]
+        assert float(cells[8]) == pytest.approx(cost_ratio(4096, d, form="symmetric"), rel=1e-3)
+        assert float(cells[9]) == pytest.approx(cost_ratio(4096, d, "memory", form="symmetric"), rel=1e-3)
     assert "N = 4096" in out
 
 
@@ -362,7 +369,7 @@ def test_cli_width_split(capsys):
     assert [(r["d"], r["heads"]) for r in rows] == [(16, 32), (32, 16), (64, 8), (128, 4)]
     assert main(["crossover", "--width", "768", "--heads", "12", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["rows"]
-    assert (row["d"], row["heads"], row["n0_speed"]) == (64, 12, 4161)
+    assert (row["d"], row["heads"], row["n0_speed"], row["n0_paper"], row["n0_auto"]) == (64, 12, 2145, 4161, 2145)
 
 
 def test_cli_errors(capsys):
@@ -418,3 +425,41 @@ def test_doc_tables_match_the_model():
         assert crossover_doc_row(d) in text, crossover_doc_row(d)
     for r in multihead_table(768, [6, 12, 24, 48], n=4096):
         assert multihead_doc_row(r) in text, multihead_doc_row(r)
+
+
+# --------------------------------------------------------------------------------------------------------
+# one cost model for the dispatcher and the command
+
+
+@pytest.mark.parametrize("d", [4, 8, 16])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_auto_switches_where_the_analysis_says(d, causal):
+    """``resolve_backend`` flips exactly at :func:`auto_crossover` (per head, one sequence, L = S = N)."""
+    import torch
+
+    from taylorshift import resolve_backend
+    from taylorshift.analysis import auto_crossover
+
+    n0 = auto_crossover(d, causal=causal)
+    if not causal:
+        assert n0 == num_features(d, "symmetric")
+    below, above = math.floor(n0), math.floor(n0) + 1
+    for n, expected in ((below, "direct"), (above, "efficient")):
+        q = torch.zeros(1, 1, n, d)
+        assert resolve_backend(q, q, q, is_causal=causal) == expected, (n, n0)
+
+
+def test_the_causal_cost_model_lives_in_analysis():
+    from taylorshift.analysis import auto_costs, causal_pairs, default_causal_chunk_size
+    from taylorshift.ops import dispatch, efficient
+
+    assert causal_pairs(5, 5) == 15 and causal_pairs(7, 3) == 6 + 4 * 3 and causal_pairs(3, 7) == 6
+    d, n = 16, 1000
+    chunk = default_causal_chunk_size(1, d, d)
+    direct, eff = auto_costs(n, n, d, causal=True, batch=1)
+    per_pair = flops_direct(1, 1, d)
+    assert direct == per_pair * causal_pairs(n, n)
+    assert eff == flops_efficient(n, n, d, form="symmetric") + per_pair * n * chunk
+    assert auto_costs(n, n, d) == (flops_direct(n, n, d), flops_efficient(n, n, d, form="symmetric"))
+    assert efficient.default_chunk_size is __import__("taylorshift.analysis", fromlist=["x"]).default_chunk_size
+    assert not hasattr(dispatch, "_visible_pairs")

@@ -1,8 +1,20 @@
 """Cost model of TaylorShift attention: FLOPs, memory and crossover points (pure Python, no torch).
 
-See ``docs/complexity.md`` for the derivation and :mod:`taylorshift.analysis.complexity` for the conventions.
+See ``docs/complexity.md`` for the derivation and :mod:`taylorshift.analysis.complexity` for the conventions;
+:mod:`taylorshift.analysis.auto` is the rule behind ``backend="auto"`` (used by the dispatcher and by
+``taylorshift crossover`` alike).
 """
 
+from taylorshift.analysis.auto import (
+    DEFAULT_FORM,
+    auto_costs,
+    auto_crossover,
+    causal_pairs,
+    default_causal_chunk_size,
+    default_chunk_size,
+    efficient_kernel_entries,
+    prefers_efficient,
+)
 from taylorshift.analysis.complexity import (
     BACKENDS,
     BACKWARD_FACTOR,
@@ -30,6 +42,14 @@ from taylorshift.analysis.complexity import (
 )
 
 __all__ = [
+    "DEFAULT_FORM",
+    "auto_costs",
+    "auto_crossover",
+    "causal_pairs",
+    "default_causal_chunk_size",
+    "default_chunk_size",
+    "efficient_kernel_entries",
+    "prefers_efficient",
     "BACKENDS",
     "BACKWARD_FACTOR",
     "BASELINES",

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from taylorshift.analysis.complexity import FORMS, MODES, HeadSplit, head_split
+from taylorshift.analysis.auto import DEFAULT_FORM, auto_crossover
+from taylorshift.analysis.complexity import FORMS, MODES, HeadSplit, crossover_exact, head_split
 from taylorshift.cli import positive_int
 
-HELP = "Analytic crossover lengths N0 above which efficient TaylorShift beats direct (FLOPs and memory)."
+HELP = (
+    "Analytic crossover lengths N0 above which efficient TaylorShift beats direct: where backend='auto' switches "
+    "(causal too), the paper's figure beside it, the memory crossover and cost ratios."
+)
 
 
 
@@ -49,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--form",
         choices=[*FORMS, "both"],
-        default="full",
-        help="feature form of the efficient path: full d² or symmetric d(d+1)/2 (default full)",
+        default=DEFAULT_FORM,
+        help=f"feature form of the memory and ratio columns: symmetric d(d+1)/2 (the one the library runs and "
+        f"backend='auto' prices) or the paper's full d² (default {DEFAULT_FORM})",
     )
     parser.add_argument("--mode", choices=MODES, default="forward", help="forward or train (forward+backward)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
@@ -71,12 +76,22 @@ def _splits(args: argparse.Namespace) -> list[tuple[int, int]]:
     return pairs
 
 
+def _auto_columns(row: HeadSplit) -> tuple[float, float, float]:
+    """``(N0 auto, N0 auto causal, N0 paper)`` of a row: where ``backend="auto"`` switches (without a stored
+    calibration; causal for one sequence of ``heads`` heads) and the paper's full-form forward crossover."""
+    return auto_crossover(row.d), auto_crossover(row.d, causal=True, batch=row.heads), crossover_exact(row.d)
+
+
 def _row_dict(row: HeadSplit) -> dict[str, object]:
+    auto, auto_causal, paper = _auto_columns(row)
     return {
         "form": row.form,
         "d": row.d,
         "heads": row.heads,
         "width": row.width,
+        "n0_auto": int(round(auto)),
+        "n0_auto_causal": int(round(auto_causal)),
+        "n0_paper": int(round(paper)),
         "n0_speed": int(round(row.n0_speed)),
         "n0_memory": int(round(row.n0_memory)),
         "n0_speed_exact": row.n0_speed,
@@ -92,14 +107,17 @@ def _row_dict(row: HeadSplit) -> dict[str, object]:
 
 def format_table(rows: list[HeadSplit], n: int, mode: str) -> str:
     """The text table printed by ``taylorshift crossover``."""
-    header = ("form", "d", "heads", "width", "N0 speed", "N0 memory", "FLOPs eff/dir", "memory eff/dir")
+    header = (
+        "form", "d", "heads", "width", "N0 auto", "N0 auto causal", "N0 paper", "N0 memory", "FLOPs eff/dir",
+        "memory eff/dir",
+    )
     body = [
         (
             r.form,
             str(r.d),
             str(r.heads),
             str(r.width),
-            str(int(round(r.n0_speed))),
+            *(str(int(round(n0))) for n0 in _auto_columns(r)),
             str(int(round(r.n0_memory))),
             f"{r.flop_ratio:.4g}",
             f"{r.memory_ratio:.4g}",
@@ -117,7 +135,9 @@ def format_table(rows: list[HeadSplit], n: int, mode: str) -> str:
         f"Efficient vs direct TaylorShift, analytic model ({mode}); ratios per layer at N = {n}",
         fmt(header),
         *(fmt(line) for line in body),
-        "N0: efficient is cheaper for N > N0; a ratio below 1 favours efficient.",
+        "N0: efficient is cheaper for N > N0 (L = S = N, dv = d); a ratio below 1 favours efficient.",
+        "N0 auto: where backend='auto' switches (the symmetric form it runs; causal: one sequence of `heads` heads);",
+        "  `taylorshift calibrate` can rescale it to this machine. N0 paper: the paper's full form, d² + d + 1.",
     ]
     return "\n".join(lines)
 

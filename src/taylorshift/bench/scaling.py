@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from taylorshift.ops.common import safe_divide
+from taylorshift.ops.common import divide_rows
 from taylorshift.ops.efficient import augment_values
 from taylorshift.ops.features import feature_weights, taylor_features
 from taylorshift.ops.inputs import DEFAULT_COEFFICIENTS, check_coefficients
@@ -231,8 +231,9 @@ def run_sequence(
         y64 = phi64 @ state64
         y16 = (phi16.to(f32) @ state16_32).to(h)
         num64, den64, num16, den16 = y64[:, :-1], y64[:, -1:], y16[:, :-1], y16[:, -1:]
-        out64 = safe_divide(num64, den64)
-        out16 = safe_divide(num16.to(f32), den16.to(f32)).to(h)
+        # this study counts a vanished (or non-finite) half-precision denominator as an output of 0
+        out64 = divide_rows(num64, den64, den64 > 0)
+        out16 = divide_rows(num16.to(f32), den16.to(f32), den16.to(f32) > 0).to(h)
         res._rows("numerator", num64, num16)
         res._rows("denominator", den64, den16)
         res._rows("output", out64, out16)

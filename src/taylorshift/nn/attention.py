@@ -82,8 +82,7 @@ class _StepConstants:
     q_entries: Tensor | None  # (3, 1, 1, d + 1) bool: the entries the temperature multiplies (q, not its 1)
     scale: Tensor | None  # (3, 1, 1, d + 1), state dtype: 1/√d on those entries, else 1 (normalize_qk=False)
     pairs: tuple[Tensor, Tensor]  # the feature indices (augmented_pairs) expanded to (B, 3, H, 1, F)
-    one: Tensor  # 0-dim 1 and 0, state dtype
-    zero: Tensor
+    one: Tensor  # 0-dim 1, state dtype
     head_dim: Tensor  # 0-dim d in the dtype of √(n/d) (at least float32)
 
 
@@ -333,10 +332,10 @@ class TaylorShiftAttention(nn.Module):
             scale = torch.ones(3, 1, 1, d + 1, dtype=c, device=device)
             scale[0, ..., :d] = 1.0 / math.sqrt(d)
         pairs = expand_pairs(augmented_pairs(d, cache.state.form, device), (B, 3, H, 1))
-        one, zero = torch.ones((), dtype=c, device=device), torch.zeros((), dtype=c, device=device)
+        one = torch.ones((), dtype=c, device=device)
         head_dim = torch.tensor(float(d), dtype=torch.promote_types(dtype, torch.float32), device=device)
         consts = _StepConstants((dtype, self.normalize_qk), ones, norm_min, norm_max, q_entries, scale, pairs, one,
-                                zero, head_dim)
+                                head_dim)
         cache._step_constants = consts
         return consts
 
@@ -364,8 +363,7 @@ class TaylorShiftAttention(nn.Module):
         st.length += 1
         n = cache.n_valid.view(B, 1, 1, 1)
         n += 1
-        num, den = y[..., :d], y[..., d:]
-        out = torch.where(den > 0, num / den, consts.zero)  # = safe_divide(num, den)
+        out = y[..., :d] / y[..., d:]  # the new token is attendable: every step row has a key (see divide_rows)
         if out.dtype != x_t.dtype:
             out = out.to(x_t.dtype)
         if self.output_scale:  # as in _output: √(n/d) computed in at least float32, then cast

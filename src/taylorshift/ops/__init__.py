@@ -4,7 +4,8 @@ the recurrent decoding state."""
 from taylorshift.ops.causal import TaylorShiftState
 from taylorshift.ops.dispatch import Backend, resolve_backend, taylor_shift_attention
 from taylorshift.ops.features import FORMS, feature_dim, taylor_features
-from taylorshift.ops.inputs import BACKENDS, DEFAULT_COEFFICIENTS, check_coefficients
+from taylorshift.ops.inputs import BACKENDS
+from taylorshift.ops.polynomial import DEFAULT_COEFFICIENTS, check_coefficients
 from taylorshift.ops.reference import taylor_shift_attention_reference
 
 __all__ = [

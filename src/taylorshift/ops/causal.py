@@ -14,7 +14,9 @@ and denominator come from one product, see :mod:`taylorshift.ops.efficient`). Fo
 The first term reads the state of all earlier chunks (linear form), the second is the masked direct form
 inside the chunk (``C × C``). Time ``O(N·F·dv + N·C·(d+dv))``, extra memory ``O(C·F + C² + F·dv)`` per
 head besides ``q̃, K, V'``. The custom backward recomputes everything in two passes, so training stores
-only ``q̃, K, V'``, the output, the denominators and the initial state (``O(N·d + F·dv)``):
+only ``q̃, K, V'``, the output, the denominators and the initial state (``O(N·d + F·dv)``). Under
+``torch.export`` / ``torch.jit.trace`` the whole sequence is one chunk, i.e. the direct causal form as plain
+tensor operations (:func:`taylorshift.ops.direct.direct_functional`), so the length can stay symbolic:
 
 * forward order: the running state again, giving ``∂q̃`` of the state reads, and the whole in-chunk part;
 * reverse order: the running sum ``G = Σ_{later chunks} φ(q̃) ∂yᵀ``, giving ``∂K`` and ``∂V'`` of the keys'
@@ -49,15 +51,21 @@ from numbers import Integral
 import torch
 from torch import Tensor
 
-from taylorshift.ops.common import no_double_backward, safe_divide, safe_reciprocal, spans
-from taylorshift.ops.direct import block_weights, causal_keep
+from taylorshift.analysis.auto import DEFAULT_FORM, default_causal_chunk_size
+from taylorshift.ops.common import (
+    divide_rows,
+    exporting,
+    no_double_backward,
+    reciprocal_rows,
+    rows_with_keys,
+    spans,
+)
+from taylorshift.ops.direct import block_weights, causal_keep, direct_functional
 from taylorshift.ops.efficient import (
-    DEFAULT_FORM,
     accumulate_state,
     augment_values,
     check_chunk_size,
     check_efficient_call,
-    default_chunk_size,
     state_product,
 )
 from taylorshift.ops.features import (
@@ -72,25 +80,18 @@ from taylorshift.ops.features import (
 from taylorshift.ops.inputs import (
     DEFAULT_COEFFICIENTS,
     AttentionInputs,
+    autocast_disabled,
     check_coefficients,
     check_inputs,
     compute_dtype,
 )
+from taylorshift.ops.memory import check_efficient_memory, check_state_memory
+from taylorshift.ops.polynomial import derivative, normalize_coefficients
+
+__all__ = ["TaylorShiftState", "causal_efficient_attention", "default_causal_chunk_size"]
 
 
-def default_causal_chunk_size(batch: int, d: int, dv: int, form: Form = DEFAULT_FORM) -> int:
-    """Query positions per chunk of the causal efficient form: ``min(256, default_chunk_size)``.
-
-    Per token the state costs about ``4·F·(dv+1)`` FLOPs (read and update) and the in-chunk direct part
-    about ``2·C·(d + dv + 1)``, so small chunks do less work, but each chunk pays a fixed per-call
-    overhead. On a 2-core CPU (one thread, N = 2048-4096, d = 16, 32, 64) 128-256 was fastest and 64 up to
-    2x slower; 256 keeps the direct part below a third of the total for d >= 32. ``dv`` is accepted for
-    future tuning.
-    """
-    return int(min(256, default_chunk_size(batch, feature_dim(d, form))))
-
-
-def _causal_forward(qs, k, vp, state, w, coefficients, form, chunk, keep_state):
+def _causal_forward(qs, k, vp, state, w, coefficients, form, chunk, keep_state, has_key):
     """Chunked causal forward from ``state`` (unweighted ``(*batch, F, e)``, updated in place with the keys
     ``[0, min(L, S))``; the last chunk's keys are only added when ``keep_state``).
 
@@ -110,7 +111,7 @@ def _causal_forward(qs, k, vp, state, w, coefficients, form, chunk, keep_state):
                 accumulate_state(state, k_c, vp_c, form, chunk)
         y[..., l0:l1, :] = y_c
     den = y[..., -1:]
-    return safe_divide(y[..., :-1], den), den
+    return divide_rows(y[..., :-1], den, has_key), den
 
 
 class _CausalEfficient(torch.autograd.Function):
@@ -118,16 +119,16 @@ class _CausalEfficient(torch.autograd.Function):
     recomputing backward (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, qs, k, vp, state0, coefficients, form, chunk, keep_state):  # noqa: D102
+    def forward(ctx, qs, k, vp, state0, coefficients, form, chunk, keep_state, has_key):  # noqa: D102
         batch = torch.broadcast_shapes(qs.shape[:-2], k.shape[:-2], vp.shape[:-2])
         d, e = k.shape[-1], vp.shape[-1]
         w = feature_weights(d, form, coefficients, dtype=k.dtype, device=k.device).unsqueeze(-1)  # (F, 1)
         if state0 is None:
             state0 = k.new_zeros((*batch, feature_dim(d, form), e))
         state = state0.clone()
-        out, den = _causal_forward(qs, k, vp, state, w, coefficients, form, chunk, keep_state)
+        out, den = _causal_forward(qs, k, vp, state, w, coefficients, form, chunk, keep_state, has_key)
         ctx.save_for_backward(qs, k, vp, state0, w, out, den)
-        ctx.coefficients, ctx.form, ctx.chunk = coefficients, form, chunk
+        ctx.coefficients, ctx.form, ctx.chunk, ctx.has_key = coefficients, form, chunk, has_key
         ctx.mark_non_differentiable(state)
         return out, state
 
@@ -136,9 +137,8 @@ class _CausalEfficient(torch.autograd.Function):
         no_double_backward()
         qs, k, vp, state0, w, out, den = ctx.saved_tensors
         coefficients, form, chunk = ctx.coefficients, ctx.form, ctx.chunk
-        a, b, _ = coefficients
         L, S = qs.shape[-2], k.shape[-2]
-        g = dout * safe_reciprocal(den)  # (*batch, L, dv)
+        g = dout * reciprocal_rows(den, ctx.has_key)  # (*batch, L, dv)
         dy = torch.cat([g, -(g * out).sum(-1, keepdim=True)], dim=-1)  # ∂loss/∂y, (*batch, L, dv+1)
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
         dqs = torch.zeros_like(qs) if need_q else None
@@ -162,7 +162,7 @@ class _CausalEfficient(torch.autograd.Function):
                 dvp[..., l0:k1, :] += p.transpose(-1, -2) @ dy_c
             if need_q or need_k:
                 dp = torch.matmul(dy_c, vp_c.transpose(-1, -2), out=p)  # reuse p's buffer
-                ds = s.mul_(2 * a).add_(b).mul_(dp).masked_fill_(~keep, 0.0)  # ∂p/∂s = 2 a s + b
+                ds = derivative(s, coefficients, inplace=True).mul_(dp).masked_fill_(~keep, 0.0)  # p′(s) = 2 a s + b
                 if need_q:
                     dqs[..., l0:l1, :] += ds @ k_c
                 if need_k:
@@ -185,7 +185,7 @@ class _CausalEfficient(torch.autograd.Function):
                         dk[..., l0:k1, :] += taylor_features_backward(k_c, dphi, form)
                 if l0 > 0:
                     G += taylor_features(qs[..., l0:l1, :], form) @ dy[..., l0:l1, :]
-        return dqs, dk, dvp, None, None, None, None, None
+        return dqs, dk, dvp, None, None, None, None, None, None
 
 
 def causal_efficient_attention(
@@ -205,10 +205,16 @@ def causal_efficient_attention(
     """
     form, chunk = check_efficient_call(inp, form, chunk_size, is_causal=True)
     q, k, v = inp.q, inp.k, inp.v
-    if chunk is None:
-        chunk = default_causal_chunk_size(k.shape[:-2].numel(), k.shape[-1], v.shape[-1], form)
+    L, S, d, dv = q.shape[-2], k.shape[-2], k.shape[-1], v.shape[-1]
+    has_key = rows_with_keys(inp.mask, L, S, True, q.device)
+    if exporting():  # one chunk covering everything: the in-chunk part, i.e. the direct form, is all there is
+        return direct_functional(q * inp.scale, k, v, inp.mask, inp.coefficients, True, has_key)
     vp = augment_values(v, inp.mask, 1.0)
-    out, _ = _CausalEfficient.apply(q * inp.scale, k, vp, None, inp.coefficients, form, chunk, False)
+    batch = k.shape[:-2].numel()
+    if chunk is None:
+        chunk = default_causal_chunk_size(batch, d, dv, form)
+    check_efficient_memory(batch, L, S, d, dv, form, chunk, q.dtype, q.device, causal=True, train=inp.needs_grad)
+    out, _ = _CausalEfficient.apply(q * inp.scale, k, vp, None, inp.coefficients, form, chunk, False, has_key)
     return out
 
 
@@ -261,20 +267,23 @@ class TaylorShiftState:
         self.batch_shape = tuple(int(n) for n in batch_shape)
         self.head_dim, self.value_dim = int(head_dim), int(value_dim)
         self.coefficients = check_coefficients(coefficients)
+        self._coefficients = normalize_coefficients(self.coefficients, state_dtype)  # what the kernels use
         self.form: Form = check_form(form)
+        batch = max(1, torch.Size(self.batch_shape).numel())
         self.chunk_size = check_chunk_size(chunk_size) or default_causal_chunk_size(
-            max(1, torch.Size(self.batch_shape).numel()), self.head_dim, self.value_dim, self.form
+            batch, self.head_dim, self.value_dim, self.form
         )
+        device = torch.get_default_device() if device is None else torch.device(device)
+        check_state_memory(batch, self.head_dim, self.value_dim, self.form, state_dtype, device)
         F = feature_dim(self.head_dim, self.form)
         self.state = torch.zeros((*self.batch_shape, F, self.value_dim + 1), dtype=state_dtype, device=device)
         self.length = 0
         # constants of the single-token step, made once (no tensor is created per step but the results)
         device = self.state.device
-        self._w = feature_weights(self.head_dim, self.form, self.coefficients, dtype=state_dtype, device=device)
+        self._w = feature_weights(self.head_dim, self.form, self._coefficients, dtype=state_dtype, device=device)
         self._pairs = expand_pairs(augmented_pairs(self.head_dim, self.form, device), (*self.batch_shape, 2))
         self._ones = torch.ones((*self.batch_shape, 2, 1), dtype=state_dtype, device=device)
         self._ones1 = self._ones[..., 1:, :]
-        self._zero = torch.zeros((), dtype=state_dtype, device=device)
 
     def __repr__(self) -> str:
         return (
@@ -333,9 +342,14 @@ class TaylorShiftState:
         q, k, v = inp.q.to(c), inp.k.to(c), inp.v.to(c)
         s = inp.scale.to(c) if isinstance(inp.scale, Tensor) else inp.scale
         vp = augment_values(v, inp.mask, 1.0)
-        out, state = _CausalEfficient.apply(
-            q * s, k, vp, self.state, self.coefficients, self.form, self.chunk_size, True
-        )
+        N = q.shape[-2]
+        has_key = rows_with_keys(inp.mask, N, N, True, q.device)
+        if has_key is not None:  # or a key seen before: the state's (constant feature, ones column) entry counts them
+            has_key = has_key | (self.state[..., -1:, -1:] > 0)
+        with autocast_disabled(q.device):
+            out, state = _CausalEfficient.apply(
+                q * s, k, vp, self.state, self._coefficients, self.form, self.chunk_size, True, has_key
+            )
         self.state = state
         self.length += q.shape[-2]
         return out.to(inp.out_dtype)
@@ -364,7 +378,8 @@ class TaylorShiftState:
             q, k, v = q.to(c), k.to(c), v.to(c)
         if isinstance(s, Tensor) and s.dtype != c:
             s = s.to(c)
-        out = self._step(q * s, k, v)
+        with autocast_disabled(q.device):
+            out = self._step(q * s, k, v)
         return out if out.dtype == inp.out_dtype else out.to(inp.out_dtype)
 
     def _step(self, qs: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -380,8 +395,7 @@ class TaylorShiftState:
         vp = torch.cat([v, self._ones1], dim=-1)  # [v | 1]
         y = update_and_read(self.state, phi[..., 1:, :], vp, phi[..., :1, :] * self._w)
         self.length += 1
-        num, den = y[..., :-1], y[..., -1:]
-        return torch.where(den > 0, num / den, self._zero)  # = safe_divide(num, den)
+        return y[..., :-1] / y[..., -1:]  # the new key is attendable: every step row has a key (divide_rows)
 
 
 def expand_pairs(pairs: tuple[Tensor, Tensor], leading: tuple[int, ...]) -> tuple[Tensor, Tensor]:

@@ -9,6 +9,10 @@ Causal (``is_causal=True``, top-left aligned: query ``i`` sees keys ``j <= i``):
 ``[l0, l1)`` only reads keys ``[0, min(l1, S))``; the key blocks above the diagonal, which are fully
 masked, are never computed (about half the work and memory traffic for ``L = S``). Inside the block the
 causal mask is combined with the caller's mask (logical and).
+
+Under ``torch.export`` / ``torch.jit.trace`` (:func:`taylorshift.ops.common.exporting`) the same formulas run
+as one block of plain differentiable tensor operations (:func:`direct_functional`), so the length can stay
+symbolic; that form holds the ``L × S`` weights at once.
 """
 
 from __future__ import annotations
@@ -16,8 +20,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from taylorshift.ops.common import no_double_backward, safe_divide, safe_reciprocal, spans
+from taylorshift.ops.common import (
+    divide_rows,
+    exporting,
+    no_double_backward,
+    reciprocal_rows,
+    rows_with_keys,
+    spans,
+)
 from taylorshift.ops.inputs import AttentionInputs
+from taylorshift.ops.polynomial import derivative, evaluate
 
 
 def default_block_size(batch: int, S: int) -> int:
@@ -55,17 +67,23 @@ def _key_end(S: int, l1: int, causal: bool) -> int:
 
 def block_weights(qs_b: Tensor, k: Tensor, coefficients, mask_b: Tensor | None) -> tuple[Tensor, Tensor]:
     """Logits ``s = q̃ Kᵀ`` and masked weights ``p(s)`` of one query block (two fresh buffers)."""
-    a, b, c = coefficients
     s = qs_b @ k.transpose(-1, -2)  # (*batch, block, S)
-    w = torch.mul(s, a).add_(b).mul_(s).add_(c)  # p(s) = (a s + b) s + c
+    w = evaluate(s, coefficients)  # p(s) = (a s + b) s + c
     if mask_b is not None:
-        w.masked_fill_(~mask_b, 0.0)
+        w = w.masked_fill_(~mask_b, 0.0)  # a replaced weight: a masked key's logit never matters
     return s, w
+
+
+def _row_keys(has_key: Tensor | None, l0: int, l1: int) -> Tensor | None:
+    """The rows ``[l0, l1)`` of :func:`rows_with_keys`' answer (which may have one row for all)."""
+    if has_key is None or has_key.shape[-2] == 1:
+        return has_key
+    return has_key[..., l0:l1, :]
 
 
 class _BlockedDirect(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qs, k, v, mask, coefficients, block, causal):  # noqa: D102
+    def forward(ctx, qs, k, v, mask, coefficients, block, causal, has_key):  # noqa: D102
         batch = torch.broadcast_shapes(qs.shape[:-2], k.shape[:-2], v.shape[:-2])
         L, S = qs.shape[-2], k.shape[-2]
         out = qs.new_empty((*batch, L, v.shape[-1]))
@@ -75,18 +93,18 @@ class _BlockedDirect(torch.autograd.Function):
             keep = _block_keep(mask, l0, l1, e, causal, qs.device)
             _, w = block_weights(qs[..., l0:l1, :], k[..., :e, :], coefficients, keep)
             torch.sum(w, dim=-1, keepdim=True, out=den[..., l0:l1, :])
-            out[..., l0:l1, :] = safe_divide(w @ v[..., :e, :], den[..., l0:l1, :])
+            out[..., l0:l1, :] = divide_rows(w @ v[..., :e, :], den[..., l0:l1, :], _row_keys(has_key, l0, l1))
         ctx.save_for_backward(qs, k, v, out, den)
-        ctx.mask, ctx.coefficients, ctx.block, ctx.causal = mask, coefficients, block, causal
+        ctx.mask, ctx.coefficients, ctx.block, ctx.causal, ctx.has_key = mask, coefficients, block, causal, has_key
         return out
 
     @staticmethod
     def backward(ctx, dout):  # noqa: D102
         no_double_backward()
         qs, k, v, out, den = ctx.saved_tensors
-        mask, (a, b, _), block, causal = ctx.mask, ctx.coefficients, ctx.block, ctx.causal
+        mask, block, causal = ctx.mask, ctx.block, ctx.causal
         S = k.shape[-2]
-        inv = safe_reciprocal(den)  # (*batch, L, 1)
+        inv = reciprocal_rows(den, ctx.has_key)  # (*batch, L, 1)
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
         dqs = torch.empty_like(qs) if need_q else None
         dk = torch.zeros_like(k) if need_k else None
@@ -103,14 +121,32 @@ class _BlockedDirect(torch.autograd.Function):
             # ∂out_i/∂w_ij = (v_j − out_i) / den_i;  ∂w/∂s = 2 a s + b (0 where masked)
             dw = torch.matmul(g, v_b.transpose(-1, -2), out=w)  # reuse w's buffer
             dw -= (g * out[..., l0:l1, :]).sum(-1, keepdim=True)
-            ds = s.mul_(2 * a).add_(b).mul_(dw)
+            ds = derivative(s, ctx.coefficients, inplace=True).mul_(dw)  # p′(s) = 2 a s + b
             if mask_b is not None:
                 ds.masked_fill_(~mask_b, 0.0)
             if need_q:
                 dqs[..., l0:l1, :] = ds @ k_b
             if need_k:
                 dk[..., :e, :] += ds.transpose(-1, -2) @ q_b
-        return dqs, dk, dv, None, None, None, None
+        return dqs, dk, dv, None, None, None, None, None
+
+
+def direct_functional(
+    qs: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, coefficients, causal: bool, has_key: Tensor | None
+) -> Tensor:
+    """The direct form as one block of plain (differentiable, traceable) tensor operations.
+
+    Args:
+        qs: scaled queries ``(*batch, L, d)``; ``k`` ``(*batch, S, d)``; ``v`` ``(*batch, S, e)``.
+        mask: the caller's keep-mask or None; ``causal``: and'ed with ``j <= i``.
+        has_key: :func:`taylorshift.ops.common.rows_with_keys` of the same mask.
+
+    Returns:
+        ``(*batch, L, e)``.
+    """
+    keep = _block_keep(mask, 0, qs.shape[-2], k.shape[-2], causal, qs.device)
+    _, w = block_weights(qs, k, coefficients, keep)
+    return divide_rows(w @ v, w.sum(-1, keepdim=True), has_key)
 
 
 def direct_attention(inp: AttentionInputs, block_size: int | None = None, is_causal: bool = False) -> Tensor:
@@ -126,8 +162,12 @@ def direct_attention(inp: AttentionInputs, block_size: int | None = None, is_cau
         ``(*batch, L, dv)`` in the compute dtype.
     """
     q, k, v = inp.q, inp.k, inp.v
+    if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
+        raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
+    causal = bool(is_causal)
+    has_key = rows_with_keys(inp.mask, q.shape[-2], k.shape[-2], causal, q.device)
+    if exporting():
+        return direct_functional(q * inp.scale, k, v, inp.mask, inp.coefficients, causal, has_key)
     if block_size is None:
         block_size = default_block_size(q.shape[:-2].numel(), k.shape[-2])
-    elif isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
-    return _BlockedDirect.apply(q * inp.scale, k, v, inp.mask, inp.coefficients, block_size, bool(is_causal))
+    return _BlockedDirect.apply(q * inp.scale, k, v, inp.mask, inp.coefficients, block_size, causal, has_key)

@@ -6,12 +6,19 @@ from typing import Literal
 
 from torch import Tensor
 
-from taylorshift.analysis.complexity import flops_direct, flops_efficient
+from taylorshift.analysis.auto import prefers_efficient
 from taylorshift.ops.calibration import lookup_ratio
-from taylorshift.ops.causal import causal_efficient_attention, default_causal_chunk_size
+from taylorshift.ops.causal import causal_efficient_attention
+from taylorshift.ops.common import size_hint
 from taylorshift.ops.direct import direct_attention
-from taylorshift.ops.efficient import DEFAULT_FORM, efficient_attention
-from taylorshift.ops.inputs import DEFAULT_COEFFICIENTS, AttentionInputs, check_backend, check_inputs
+from taylorshift.ops.efficient import efficient_attention
+from taylorshift.ops.inputs import (
+    DEFAULT_COEFFICIENTS,
+    AttentionInputs,
+    autocast_disabled,
+    check_backend,
+    check_inputs,
+)
 
 Backend = Literal["auto", "direct", "efficient"]
 
@@ -28,31 +35,27 @@ def _check_is_causal(is_causal: object) -> bool:
     return is_causal
 
 
-def _visible_pairs(L: int, S: int) -> int:
-    """Number of (query, key) pairs with ``j <= i`` (top-left causal alignment)."""
-    m = min(L, S)
-    return m * (m + 1) // 2 + (L - m) * S
-
-
 def _choose(inp: AttentionInputs, backend: str, is_causal: bool = False) -> str:
+    """The backend to run: ``backend`` itself, or for ``"auto"`` the cheaper one under the cost model of
+    :mod:`taylorshift.analysis.auto`.
+
+    While exporting, the sizes may be symbolic; ``auto`` then decides once, from the example's sizes (their
+    hints), with no data-dependent branching on the symbols: the exported program runs that backend at
+    every length (both compute the same function, so only the speed depends on the example).
+    """
     if backend != "auto":
         return backend
     if not inp.key_only_mask:
         return "direct"
-    L, S, d, dv = inp.q.shape[-2], inp.k.shape[-2], inp.q.shape[-1], inp.v.shape[-1]
+    q, k, v = inp.q, inp.k, inp.v
+    L, S, d, dv = (size_hint(n) for n in (q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]))
     if min(L, S, dv) == 0:
         return "direct"
     # ρ rescales the analytic model to this machine's measured crossover (1 without a calibration)
-    ratio = lookup_ratio(inp.q.device.type, str(inp.out_dtype), d) or 1.0
-    efficient_cost = ratio * flops_efficient(L, S, d, dv, form=DEFAULT_FORM)
-    direct_cost = flops_direct(L, S, d, dv)
-    if is_causal:
-        # direct skips the blocks above the diagonal; efficient adds the in-chunk direct part (C × C per chunk)
-        chunk = min(L, S, default_causal_chunk_size(inp.q.shape[:-2].numel(), d, dv))
-        per_pair = direct_cost / (L * S)
-        direct_cost = per_pair * _visible_pairs(L, S)
-        efficient_cost += per_pair * L * chunk
-    return "efficient" if efficient_cost < direct_cost else "direct"
+    ratio = lookup_ratio(q.device.type, str(inp.out_dtype), d) or 1.0
+    batch = size_hint(q.shape[:-2].numel())
+    efficient = prefers_efficient(L, S, d, dv, causal=is_causal, batch=max(batch, 1), ratio=ratio)
+    return "efficient" if efficient else "direct"
 
 
 def resolve_backend(
@@ -70,9 +73,11 @@ def resolve_backend(
     ``"direct"`` otherwise or when the mask is not a key-padding mask. "Cheaper" is this machine's measured
     crossover when ``taylorshift calibrate`` has stored one for the device type, dtype and head size (see
     :mod:`taylorshift.ops.calibration`), else the analytic FLOP model of the implemented symmetric form
-    (:mod:`taylorshift.analysis`; for ``L = S = N``, ``dv = d``: efficient when ``N > (d+1)(d+2)/2``).
-    With ``is_causal=True`` direct is charged only for the visible pairs (about half) and efficient for its
-    in-chunk direct part as well, which moves the crossover to roughly twice the length.
+    (:mod:`taylorshift.analysis.auto`, the model ``taylorshift crossover`` prints; for ``L = S = N``,
+    ``dv = d``: efficient when ``N > (d+1)(d+2)/2``). With ``is_causal=True`` direct is charged only for the
+    visible pairs (about half) and efficient for its in-chunk direct part as well, which moves the crossover to
+    ``2(F + C) − 1``, roughly twice the length. Under ``torch.export`` with a symbolic length the choice is
+    made once, from the example's length.
 
     Returns:
         ``"direct"`` or ``"efficient"``.
@@ -97,7 +102,8 @@ def taylor_shift_attention(
 
     Computes ``out_i = Σ_j p(s_ij) v_j / Σ_j p(s_ij)`` over the attendable keys ``j`` of query ``i``,
     with ``s_ij = scale · q_i·k_j`` and ``p(x) = a x² + b x + c`` (default: the 2nd-order Taylor
-    polynomial of exp, ``1 + x + x²/2``). A query with no attendable key gets a zero output.
+    polynomial of exp, ``1 + x + x²/2``). A query with no attendable key gets a zero output; NaN or Inf in
+    a row's query, the scale, or a key or value the row attends to makes that row non-finite, as in SDPA.
 
     Args:
         query: ``(*batch, L, d)``; any number of leading batch dims, typically ``(B, H, L, d)``.
@@ -115,18 +121,28 @@ def taylor_shift_attention(
             a per-head temperature of shape ``(H, 1, 1)``); gradients flow into a tensor scale.
         backend: ``"direct"`` (O(L·S·d), any mask), ``"efficient"`` (O((L+S)·d²·dv), key-padding masks
             only, else ``ValueError``) or ``"auto"`` (see :func:`resolve_backend`).
-        coefficients: ``(a, b, c)`` with ``a > 0`` and ``c >= b²/(4a)`` so that every weight is >= 0.
+        coefficients: ``(a, b, c)`` with ``a > 0`` and ``c >= b²/(4a)`` so that every weight is >= 0. Only
+            their ratios matter (they are normalised internally).
 
     Returns:
-        ``(*batch, L, dv)`` in the dtype of ``query``. float16/bfloat16 inputs are computed in float32.
+        ``(*batch, L, dv)`` in the dtype of ``query``. float16/bfloat16 inputs are computed in float32. Inside
+        ``torch.autocast`` float16/bfloat16/float32 inputs are first cast to the autocast dtype, as for SDPA.
 
     Raises:
-        TypeError: non-tensors, non-float dtypes, mixed dtypes, float masks, a non-bool ``is_causal``.
-        ValueError: shape mismatches, wrong mask shapes, mixed devices, bad coefficients or backend.
+        TypeError: non-tensors, non-float dtypes, mixed dtypes (outside autocast), float masks, a non-bool
+            ``is_causal``.
+        ValueError: shape mismatches, wrong mask shapes, mixed devices, bad coefficients (or ratios the compute
+            dtype cannot carry) or backend.
+        torch.OutOfMemoryError: ``"efficient"`` with a feature state larger than the memory available.
+
+    Tracing: ``torch.export.export`` works with a dynamic sequence length (the kernels switch to their
+    unblocked functional form while exporting) and ``torch.jit.trace`` records one shape; ``torch.jit.script``
+    is not supported.
     """
     backend = check_backend(backend)
     inp = check_inputs(query, key, value, attn_mask, scale, coefficients)
     is_causal = _check_is_causal(is_causal)
     name = _choose(inp, backend, is_causal)
     implementations = _CAUSAL_IMPLEMENTATIONS if is_causal else _IMPLEMENTATIONS
-    return implementations[name](inp.cast()).to(inp.out_dtype)
+    with autocast_disabled(inp.q.device):
+        return implementations[name](inp.cast()).to(inp.out_dtype)

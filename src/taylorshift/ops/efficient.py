@@ -19,6 +19,10 @@ running state.
 
 Numerics. ``V'`` is divided by the number of key positions ``S`` (it cancels in the ratio), so ``Z`` is an
 average and stays ``O(max |v|)`` at any length; fp16/bf16 inputs are computed in float32.
+
+Under ``torch.export`` / ``torch.jit.trace`` (:func:`taylorshift.ops.common.exporting`) the same formulas run
+as one chunk of plain differentiable tensor operations (:func:`efficient_functional`), so the length can stay
+symbolic; that form holds the ``N × F`` features at once.
 """
 
 from __future__ import annotations
@@ -26,7 +30,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from taylorshift.ops.common import no_double_backward, safe_divide, safe_reciprocal, spans
+from taylorshift.analysis.auto import DEFAULT_FORM, default_chunk_size
+from taylorshift.ops.common import (
+    divide_rows,
+    exporting,
+    no_double_backward,
+    reciprocal_rows,
+    rows_with_keys,
+    spans,
+)
 from taylorshift.ops.features import (
     Form,
     check_form,
@@ -36,15 +48,9 @@ from taylorshift.ops.features import (
     taylor_features_backward,
 )
 from taylorshift.ops.inputs import AttentionInputs
+from taylorshift.ops.memory import check_efficient_memory
 
-DEFAULT_FORM: Form = "symmetric"
-
-
-def default_chunk_size(batch: int, F: int) -> int:
-    """Rows per chunk so that one ``(batch, F, chunk)`` feature buffer holds about 2²² entries (16 MiB fp32),
-    between 128 and 1024 rows: the fastest setting measured on a 2-core AVX-512 CPU at d = 16, 32, 64
-    (docs/benchmarks.md); smaller chunks pay per-call overhead, larger ones fall out of cache."""
-    return int(min(1024, max(128, (1 << 22) // max(1, batch * F))))
+__all__ = ["DEFAULT_FORM", "default_chunk_size", "efficient_attention", "efficient_functional"]
 
 
 def check_chunk_size(chunk_size: object) -> int | None:
@@ -70,18 +76,18 @@ def check_efficient_call(
     return check_form(form), check_chunk_size(chunk_size)
 
 
-def augment_values(v: Tensor, key_mask: Tensor | None, norm: float) -> Tensor:
+def augment_values(v: Tensor, key_mask: Tensor | None, norm: float | int) -> Tensor:
     """``V' = [V | 1] / norm`` with the rows of masked keys zeroed.
 
     Args:
         v: ``(*batch, S, dv)``.
         key_mask: None, or bool broadcastable to ``(*batch, 1, S)`` (True = attend).
-        norm: positive divisor (the number of key positions).
+        norm: positive divisor (the number of key positions; may be symbolic while exporting).
 
     Returns:
         ``(*batch, S, dv + 1)``.
     """
-    vp = torch.cat([v, v.new_ones((*v.shape[:-1], 1))], dim=-1) * (1.0 / norm)
+    vp = torch.cat([v, v.new_ones((*v.shape[:-1], 1))], dim=-1) * (1.0 / norm)  # norm: an int, SymInt or float
     if key_mask is not None:
         km = key_mask.unsqueeze(-1) if key_mask.dim() == 1 else key_mask.transpose(-1, -2)  # (..., S, 1)
         vp = vp * km
@@ -103,19 +109,21 @@ def state_product(qs: Tensor, weighted_state: Tensor, form: Form) -> Tensor:
     return taylor_features(qs, form).transpose(-1, -2) @ weighted_state
 
 
-def read_state(qs: Tensor, weighted_state: Tensor, form: Form, chunk: int) -> tuple[Tensor, Tensor]:
+def read_state(
+    qs: Tensor, weighted_state: Tensor, form: Form, chunk: int, has_key: Tensor | None
+) -> tuple[Tensor, Tensor]:
     """Read ``diag(w)·state`` ``(*batch, F, dv+1)`` with scaled queries ``qs (*batch, L, d)``.
 
     Returns:
-        ``out (*batch, L, dv)`` (numerator / denominator, 0 where the denominator is 0) and
-        ``den (*batch, L, 1)``.
+        ``out (*batch, L, dv)`` (numerator / denominator, 0 on rows without a key, see
+        :func:`taylorshift.ops.common.divide_rows`) and ``den (*batch, L, 1)``.
     """
     L, e = qs.shape[-2], weighted_state.shape[-1]
     y = qs.new_empty((*qs.shape[:-1], e))
     for l0, l1 in spans(L, chunk):
         y[..., l0:l1, :] = state_product(qs[..., l0:l1, :], weighted_state, form)
     den = y[..., -1:]
-    return safe_divide(y[..., :-1], den), den
+    return divide_rows(y[..., :-1], den, has_key), den
 
 
 class _StreamingEfficient(torch.autograd.Function):
@@ -123,15 +131,15 @@ class _StreamingEfficient(torch.autograd.Function):
     ``[num | den] = φ(q̃)ᵀ diag(w) Σ_j φ(k_j) v'_jᵀ``."""
 
     @staticmethod
-    def forward(ctx, qs, k, vp, coefficients, form, chunk):  # noqa: D102
+    def forward(ctx, qs, k, vp, coefficients, form, chunk, has_key):  # noqa: D102
         batch = torch.broadcast_shapes(qs.shape[:-2], k.shape[:-2], vp.shape[:-2])
         d = k.shape[-1]
         w = feature_weights(d, form, coefficients, dtype=k.dtype, device=k.device).unsqueeze(-1)  # (F, 1)
         state = accumulate_state(k.new_zeros((*batch, feature_dim(d, form), vp.shape[-1])), k, vp, form, chunk)
         weighted = state.mul_(w)  # the state is only needed weighted from here on
-        out, den = read_state(qs, weighted, form, chunk)
+        out, den = read_state(qs, weighted, form, chunk, has_key)
         ctx.save_for_backward(qs, k, vp, weighted, w, out, den)
-        ctx.form, ctx.chunk = form, chunk
+        ctx.form, ctx.chunk, ctx.has_key = form, chunk, has_key
         return out
 
     @staticmethod
@@ -139,7 +147,7 @@ class _StreamingEfficient(torch.autograd.Function):
         no_double_backward()
         qs, k, vp, weighted, w, out, den = ctx.saved_tensors
         form, chunk = ctx.form, ctx.chunk
-        g = dout * safe_reciprocal(den)  # (*batch, L, dv)
+        g = dout * reciprocal_rows(den, ctx.has_key)  # (*batch, L, dv)
         dy = torch.cat([g, -(g * out).sum(-1, keepdim=True)], dim=-1)  # (*batch, L, dv+1)
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
         dqs = torch.empty_like(qs) if need_q else None
@@ -163,7 +171,25 @@ class _StreamingEfficient(torch.autograd.Function):
                 if need_k:
                     dphi = torch.matmul(dstate, vp[..., s0:s1, :].transpose(-1, -2), out=phi)
                     dk[..., s0:s1, :] = taylor_features_backward(k_c, dphi, form)
-        return dqs, dk, dvp, None, None, None
+        return dqs, dk, dvp, None, None, None, None
+
+
+def efficient_functional(qs: Tensor, k: Tensor, vp: Tensor, coefficients, form: Form, has_key: Tensor | None) -> Tensor:
+    """The efficient form as one chunk of plain (differentiable, traceable) tensor operations:
+    ``[num | den] = φ(q̃)ᵀ diag(w) (φ(K) V')``.
+
+    Args:
+        qs: scaled queries ``(*batch, L, d)``; ``k`` ``(*batch, S, d)``; ``vp`` ``(*batch, S, e)``
+            (:func:`augment_values`).
+        has_key: :func:`taylorshift.ops.common.rows_with_keys` of the key mask.
+
+    Returns:
+        ``(*batch, L, e - 1)``.
+    """
+    w = feature_weights(k.shape[-1], form, coefficients, dtype=k.dtype, device=k.device).unsqueeze(-1)  # (F, 1)
+    state = taylor_features(k, form) @ vp  # (*batch, F, e)
+    y = taylor_features(qs, form).transpose(-1, -2) @ (state * w)  # (*batch, L, e)
+    return divide_rows(y[..., :-1], y[..., -1:], has_key)
 
 
 def efficient_attention(inp: AttentionInputs, form: Form = DEFAULT_FORM, chunk_size: int | None = None) -> Tensor:
@@ -181,9 +207,14 @@ def efficient_attention(inp: AttentionInputs, form: Form = DEFAULT_FORM, chunk_s
     """
     form, chunk_size = check_efficient_call(inp, form, chunk_size)
     q, k, v = inp.q, inp.k, inp.v
-    S, d = k.shape[-2], k.shape[-1]
-    if chunk_size is None:
-        chunk_size = default_chunk_size(k.shape[:-2].numel(), feature_dim(d, form))
-    vp = augment_values(v, inp.mask, float(max(S, 1)))
+    L, S, d = q.shape[-2], k.shape[-2], k.shape[-1]
+    has_key = rows_with_keys(inp.mask, L, S, False, q.device)
+    vp = augment_values(v, inp.mask, torch.sym_max(S, 1))
     qs = q * inp.scale
-    return _StreamingEfficient.apply(qs, k, vp, inp.coefficients, form, chunk_size)
+    if exporting():
+        return efficient_functional(qs, k, vp, inp.coefficients, form, has_key)
+    batch = k.shape[:-2].numel()
+    if chunk_size is None:
+        chunk_size = default_chunk_size(batch, feature_dim(d, form))
+    check_efficient_memory(batch, L, S, d, v.shape[-1], form, chunk_size, q.dtype, q.device, train=inp.needs_grad)
+    return _StreamingEfficient.apply(qs, k, vp, inp.coefficients, form, chunk_size, has_key)

@@ -20,13 +20,25 @@ by row, ``(0,0), (0,1) … (0,d-1), (1,1) … (d-1,d-1)`` (symmetric) or all ``(
 from __future__ import annotations
 
 import functools
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-Form = Literal["full", "symmetric"]
-FORMS: tuple[str, ...] = ("full", "symmetric")
+from taylorshift.analysis.auto import DEFAULT_FORM
+from taylorshift.analysis.complexity import FORMS, Form, num_features
+from taylorshift.ops.polynomial import feature_weights
+
+__all__ = [
+    "DEFAULT_FORM",
+    "FORMS",
+    "Form",
+    "augmented_pairs",
+    "check_form",
+    "feature_dim",
+    "feature_weights",
+    "taylor_features",
+    "taylor_features_backward",
+]
 
 
 def check_form(form: object) -> str:
@@ -35,28 +47,10 @@ def check_form(form: object) -> str:
     return form  # type: ignore[return-value]
 
 
-def second_order_dim(d: int, form: Form) -> int:
-    return d * d if form == "full" else d * (d + 1) // 2
-
-
-def feature_dim(d: int, form: Form = "symmetric") -> int:
-    """``F``: ``d² + d + 1`` (full) or ``d(d+1)/2 + d + 1`` (symmetric)."""
-    return second_order_dim(d, form) + d + 1
-
-
-def feature_weights(
-    d: int, form: Form, coefficients: tuple[float, float, float], *, dtype: torch.dtype, device: torch.device
-) -> Tensor:
-    """``w (F,)`` such that ``φ(q)ᵀ diag(w) φ(k) = a (q·k)² + b q·k + c``."""
-    a, b, c = coefficients
-    if form == "full":
-        second = torch.full((d * d,), a, dtype=dtype, device=device)
-    else:
-        i, j = torch.triu_indices(d, d, device=device)
-        second = torch.full((i.numel(),), 2 * a, dtype=dtype, device=device)
-        second[i == j] = a
-    first = torch.full((d,), b, dtype=dtype, device=device)
-    return torch.cat([second, first, torch.full((1,), c, dtype=dtype, device=device)])
+def feature_dim(d: int, form: Form = DEFAULT_FORM) -> int:
+    """``F``: ``d² + d + 1`` (full) or ``d(d+1)/2 + d + 1`` (symmetric); the count of
+    :func:`taylorshift.analysis.num_features`, with the implemented form as the default."""
+    return num_features(d, form)
 
 
 # Up to this many rows (decoding steps, tiny chunks) the symmetric features are gathered from the full outer

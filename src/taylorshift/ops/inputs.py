@@ -2,10 +2,17 @@
 
 Every check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong value or shape)
 with a message that names the argument and says what was expected.
+
+Autocast. Inside ``torch.autocast`` the inputs are treated as ``scaled_dot_product_attention``'s are: float16,
+bfloat16 and float32 tensors are cast to the autocast dtype (so a bfloat16 query from a ``Linear`` meets float32
+keys without error), float64 is left alone, and the result comes back in the autocast dtype. The kernels then
+run with autocast switched off (:func:`autocast_disabled`), so they compute in the compute dtype (float32 for
+half precision) as outside autocast. Outside autocast, mixed dtypes remain a ``TypeError``, as in SDPA.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, replace
 from numbers import Real
@@ -13,8 +20,10 @@ from numbers import Real
 import torch
 from torch import Tensor
 
+from taylorshift.ops.polynomial import DEFAULT_COEFFICIENTS, check_coefficients, normalize_coefficients
+
 BACKENDS: tuple[str, ...] = ("auto", "direct", "efficient")
-DEFAULT_COEFFICIENTS: tuple[float, float, float] = (0.5, 1.0, 1.0)
+__all__ = ["BACKENDS", "DEFAULT_COEFFICIENTS", "AttentionInputs", "check_coefficients", "check_inputs"]
 
 # Half-precision inputs are computed (and accumulated) in float32; float32 and float64 in themselves.
 _COMPUTE_DTYPE = {
@@ -61,6 +70,12 @@ class AttentionInputs:
         return replace(self, q=self.q.to(c), k=self.k.to(c), v=self.v.to(c), scale=scale)
 
     @property
+    def needs_grad(self) -> bool:
+        """Whether autograd records through these inputs (a backward will follow)."""
+        tensors = (self.q, self.k, self.v, self.scale)
+        return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in tensors)
+
+    @property
     def key_only_mask(self) -> bool:
         """True when the mask (if any) depends only on the key index (shape ``(..., 1, S)``)."""
         return self.mask is None or self.mask.dim() < 2 or self.mask.shape[-2] == 1
@@ -70,31 +85,6 @@ def check_backend(backend: object) -> str:
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend
-
-
-def check_coefficients(coefficients: object) -> tuple[float, float, float]:
-    """Check ``(a, b, c)`` of ``p(x) = a x² + b x + c`` and return them as floats.
-
-    ``p`` is non-negative for every ``x`` iff ``a > 0`` and ``c >= b² / (4a)``; other polynomials could
-    give negative attention weights and are rejected.
-    """
-    if not isinstance(coefficients, (tuple, list)) or len(coefficients) != 3:
-        raise ValueError(f"coefficients must be a tuple (a, b, c) of three numbers, got {coefficients!r}")
-    for name, value in zip("abc", coefficients, strict=True):
-        if isinstance(value, bool) or not isinstance(value, Real):
-            raise TypeError(f"coefficients: {name} must be a real number, got {type(value).__name__}")
-        if not math.isfinite(float(value)):
-            raise ValueError(f"coefficients: {name} must be finite, got {value}")
-    a, b, c = (float(x) for x in coefficients)
-    if a <= 0:
-        raise ValueError(f"coefficients: need a > 0 so that p(x) = a x² + b x + c is bounded below, got a={a}")
-    # Relative slack so that exactly-tight polynomials such as (1, 2, 1) = (x + 1)² pass.
-    if c < b * b / (4 * a) * (1 - 1e-12):
-        raise ValueError(
-            f"coefficients: need c >= b²/(4a) so that p(x) >= 0 for all x (no negative attention weights); "
-            f"got a={a}, b={b}, c={c} with b²/(4a)={b * b / (4 * a)}"
-        )
-    return a, b, c
 
 
 def _check_tensor(name: str, t: object) -> Tensor:
@@ -172,10 +162,10 @@ def check_inputs(
     scale: object = None,
     coefficients: object = DEFAULT_COEFFICIENTS,
 ) -> AttentionInputs:
-    """Validate the arguments of :func:`taylorshift.taylor_shift_attention` (no copies are made)."""
-    q = _check_tensor("query", query)
-    k = _check_tensor("key", key)
-    v = _check_tensor("value", value)
+    """Validate the arguments of :func:`taylorshift.taylor_shift_attention` (no copies are made, except the casts
+    of autocast); the coefficients come back normalised (:func:`taylorshift.ops.polynomial.normalize_coefficients`)
+    for the compute dtype."""
+    q, k, v = _autocast(_check_tensor("query", query), _check_tensor("key", key), _check_tensor("value", value))
     for name, t in (("key", k), ("value", v)):
         if t.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but query has {q.dtype}; all three must match")
@@ -196,7 +186,40 @@ def check_inputs(
     L, S = q.shape[-2], k.shape[-2]
     mask = _check_mask(attn_mask, q, (*batch, L, S))
     scale_ = _check_scale(scale, q, batch)
-    coeffs = check_coefficients(coefficients)
+    coeffs = normalize_coefficients(check_coefficients(coefficients), compute_dtype(q.dtype))
     return AttentionInputs(
         q=q, k=k, v=v, mask=mask, scale=scale_, coefficients=coeffs, out_dtype=q.dtype,
     )
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype of an enabled ``torch.autocast`` for ``device_type``, else None."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        enabled = torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+    if not enabled:
+        return None
+    try:
+        return torch.get_autocast_dtype(device_type)
+    except AttributeError:  # torch < 2.4
+        return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
+
+
+_AUTOCAST_CAST = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _autocast(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Inside autocast, float16/bfloat16/float32 inputs in the autocast dtype (as autocast treats SDPA)."""
+    target = _autocast_dtype(q.device.type)
+    if target is None:
+        return q, k, v
+    q, k, v = (t.to(target) if t.dtype in _AUTOCAST_CAST else t for t in (q, k, v))
+    return q, k, v
+
+
+def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context that switches autocast off for ``device`` while a kernel runs (a no-op when it is off)."""
+    if _autocast_dtype(device.type) is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor
 
+from taylorshift.ops.polynomial import DEFAULT_COEFFICIENTS, check_coefficients, evaluate, normalize_coefficients
+
 
 def taylor_shift_attention_reference(
     query: Tensor,
@@ -19,7 +21,7 @@ def taylor_shift_attention_reference(
     value: Tensor,
     attn_mask: Tensor | None = None,
     scale: float | Tensor | None = None,
-    coefficients: tuple[float, float, float] = (0.5, 1.0, 1.0),
+    coefficients: tuple[float, float, float] = DEFAULT_COEFFICIENTS,
     rows: Tensor | None = None,
     is_causal: bool = False,
 ) -> Tensor:
@@ -27,7 +29,9 @@ def taylor_shift_attention_reference(
 
     ``out_i = Σ_j m_ij p(s_ij) v_j / Σ_j m_ij p(s_ij)`` with ``s_ij = scale · q_i·k_j``,
     ``p(x) = a x² + b x + c`` and ``m`` the boolean mask (and ``j <= i`` when ``is_causal``); a row without
-    attendable keys is zero.
+    attendable keys (decided from ``m``) is zero, every other row the plain quotient (NaN or Inf in what it
+    attends to propagate). The coefficients are normalised as the kernels normalise them (an exact power of
+    two), so a ratio float64 cannot carry is the same ``ValueError`` here.
 
     Args:
         query: ``(*batch, L, d)``.
@@ -62,11 +66,13 @@ def taylor_shift_attention_reference(
     if is_causal:
         causal = row_index.unsqueeze(-1) >= torch.arange(k.shape[-2], device=q.device)  # (rows, S): j <= i
         mask = causal if mask is None else mask & causal
-    a, b, c = coefficients
+    coefficients = normalize_coefficients(check_coefficients(coefficients), torch.float64)
     s = scale * (q @ k.transpose(-1, -2))  # (*batch, L, S)
-    w = a * s * s + b * s + c
+    w = evaluate(s, coefficients)
     if mask is not None:
         w = torch.where(mask, w, torch.zeros_like(w))
     den = w.sum(-1, keepdim=True)  # (*batch, L, 1)
-    safe = torch.where(den > 0, den, torch.ones_like(den))
-    return (w @ v) / safe
+    if mask is None and k.shape[-2] > 0:
+        return (w @ v) / den
+    has_key = mask.any(-1, keepdim=True) if mask is not None else torch.zeros_like(den, dtype=torch.bool)
+    return torch.where(has_key, (w @ v) / torch.where(has_key, den, torch.ones_like(den)), 0.0)

@@ -1,0 +1,78 @@
+"""Resource and dtype limits: a feature state that cannot fit is a clear error before any allocation, and
+mixed dtypes under autocast follow ``scaled_dot_product_attention``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import make_qkv, rel_err
+from taylorshift import taylor_shift_attention, taylor_shift_attention_reference
+from taylorshift.ops import TaylorShiftState
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_a_state_that_cannot_fit_is_a_clear_error(causal):
+    """d = 2048: F ≈ 2.1 M features, so the state of one head is 17 GB in float32; 1024 heads cannot fit on
+    any machine (17 TB), and the check runs before anything is allocated."""
+    q = torch.zeros(64, 16, 1, 2048)
+    with pytest.raises(torch.OutOfMemoryError, match=r"head size d=2048.*backend='direct'"):
+        taylor_shift_attention(q, q, q, backend="efficient", is_causal=causal)
+    with pytest.raises(torch.OutOfMemoryError, match=r"head size d=2048"):
+        TaylorShiftState((64, 16), 2048)
+
+
+def test_the_check_uses_the_available_memory(monkeypatch):
+    from taylorshift.ops import memory as ops_memory
+
+    q, k, v = make_qkv(2, 2, 8, 8, 16)
+    need = ops_memory.efficient_bytes(4, 8, 8, 16, 16, torch.float32)
+    assert need > 4 * 153 * 17 * 4  # at least the four states (F = 153, dv + 1 = 17)
+    monkeypatch.setattr(ops_memory, "available_bytes", lambda device: need - 1)
+    monkeypatch.setattr(ops_memory, "_CHECK_ABOVE", 0)
+    with pytest.raises(torch.OutOfMemoryError, match=r"needs about .* head size d=16"):
+        taylor_shift_attention(q, k, v, backend="efficient")
+    assert torch.isfinite(taylor_shift_attention(q, k, v, backend="direct")).all()
+    monkeypatch.setattr(ops_memory, "available_bytes", lambda device: need)
+    ref = taylor_shift_attention_reference(q, k, v)
+    assert rel_err(taylor_shift_attention(q, k, v, backend="efficient"), ref) < 2e-5
+    monkeypatch.setattr(ops_memory, "available_bytes", lambda device: None)  # unknown: no check
+    taylor_shift_attention(q, k, v, backend="efficient")
+
+
+def test_available_memory_is_read_from_the_system():
+    from taylorshift.ops import memory as ops_memory
+
+    free = ops_memory.available_bytes(torch.device("cpu"))
+    assert free is None or free > 0
+
+
+def test_mixed_dtypes_under_cpu_autocast_follow_sdpa():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 8)
+    x = torch.randn(1, 2, 9, 8)
+    k, v = torch.randn(1, 2, 9, 8), torch.randn(1, 2, 9, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q = lin(x)
+        assert q.dtype == torch.bfloat16
+        expected_dtype = F.scaled_dot_product_attention(q, k, v).dtype
+        outs = {b: taylor_shift_attention(q, k, v, backend=b) for b in ("direct", "efficient")}
+    assert expected_dtype == torch.bfloat16
+    ref = taylor_shift_attention_reference(q, k.bfloat16(), v.bfloat16())  # what autocast gives SDPA
+    for b, out in outs.items():
+        assert out.dtype == expected_dtype, b
+        assert rel_err(out, ref) < 1e-2, b
+    with pytest.raises(TypeError, match="key has dtype torch.float32 but query has torch.bfloat16"):
+        taylor_shift_attention(q, k, v)  # outside autocast mixed dtypes stay an error, as in SDPA
+
+
+def test_autocast_leaves_float64_alone_and_computes_in_float32():
+    q, k, v = make_qkv(1, 2, 30, 30, 8, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out64 = taylor_shift_attention(q, k, v)
+        out32 = taylor_shift_attention(q.float(), k.float(), v.float(), backend="efficient")
+    assert out64.dtype == torch.float64 and rel_err(out64, taylor_shift_attention_reference(q, k, v)) < 1e-12
+    # inputs are cast to bfloat16 as SDPA's are, but the kernel itself computes in float32 (not bf16 matmuls)
+    ref = taylor_shift_attention_reference(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert out32.dtype == torch.bfloat16 and rel_err(out32, ref) < 5e-3
