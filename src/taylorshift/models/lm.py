@@ -122,7 +122,8 @@ class CausalLM(nn.Module):
             desc = f"{tuple(ids.shape)} {ids.dtype}" if isinstance(ids, Tensor) else type(ids).__name__
             raise ValueError(f"{name} must be token ids (B, N) of an integer dtype, got {desc}")
         V = self.config.vocab_size
-        if ids.numel() and (ids.min() < 0 or ids.max() >= V):
+        # a check of the values, so not while exporting (the program cannot branch on data)
+        if ids.numel() and not torch.compiler.is_exporting() and (ids.min() < 0 or ids.max() >= V):
             raise ValueError(f"token ids must lie in [0, {V}), got range [{ids.min()}, {ids.max()}]")
         if offset + ids.shape[1] > self.config.max_len:
             raise ValueError(f"{offset + ids.shape[1]} tokens exceed max_len={self.config.max_len}")

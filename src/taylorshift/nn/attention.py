@@ -184,6 +184,15 @@ class TaylorShiftAttention(nn.Module):
         self.proj = nn.Linear(inner, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    def __prepare_scriptable__(self) -> TaylorShiftAttention:
+        """``torch.jit.script`` calls this first: say clearly that TorchScript is not supported."""
+        raise RuntimeError(
+            "torch.jit.script is not supported by TaylorShiftAttention (its kernels are Python with custom "
+            "autograd functions, and TorchScript is deprecated in PyTorch). Use torch.export.export (dynamic "
+            "sequence lengths are supported, e.g. dynamic_shapes={'x': {1: torch.export.Dim('N')}}), "
+            "torch.compile, or torch.jit.trace at a fixed shape."
+        )
+
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
@@ -218,7 +227,8 @@ class TaylorShiftAttention(nn.Module):
         B, H, N, d = out.shape
         if self.output_scale:  # the factor in at least float32 (float16 cannot hold n = 65,536)
             dtype = torch.promote_types(out.dtype, torch.float32)
-            out = out * torch.sqrt(torch.as_tensor(n, dtype=dtype, device=out.device) / d).to(out.dtype)
+            n = n if isinstance(n, Tensor) else torch.full((), n, dtype=dtype, device=out.device)  # int or SymInt
+            out = out * torch.sqrt(n.to(dtype) / d).to(out.dtype)
         out = out.transpose(1, 2).reshape(B, N, H * d)  # (B, N, H·d)
         return self.proj_drop(self.proj(out))
 

@@ -64,7 +64,8 @@ class SinusoidalPositionalEncoding(nn.Module):
 def _check_tokens(x: object, input_dim: int) -> None:
     """Token ids ``(B, N)`` in ``[0, input_dim)`` or float features ``(B, N, input_dim)``."""
     if isinstance(x, Tensor) and x.dim() == 2 and not x.is_floating_point() and x.dtype != torch.bool:
-        if x.numel() and (x.min() < 0 or x.max() >= input_dim):
+        # a check of the values, so not while exporting (the program cannot branch on data)
+        if x.numel() and not torch.compiler.is_exporting() and (x.min() < 0 or x.max() >= input_dim):
             raise ValueError(f"token ids must lie in [0, {input_dim}), got range [{x.min()}, {x.max()}]")
         return
     if isinstance(x, Tensor) and x.dim() == 3 and x.is_floating_point() and x.shape[-1] == input_dim:

@@ -84,10 +84,11 @@ def size_hint(n: object) -> int:
     tracing (a 0-dim tensor), else ``n`` itself."""
     if isinstance(n, int):
         return n
-    if isinstance(n, torch.SymInt):
-        from torch.fx.experimental.symbolic_shapes import hint_int
+    if isinstance(n, torch.SymInt):  # the example's value, without adding a guard on the symbol
+        from torch.fx.experimental import symbolic_shapes
 
-        return hint_int(n)
+        hint = getattr(symbolic_shapes, "optimization_hint", None) or getattr(symbolic_shapes, "hint_int", None)
+        return int(hint(n)) if hint is not None else int(n.node.hint)
     return int(n)  # type: ignore[call-overload]
 
 
