@@ -76,3 +76,12 @@ def test_autocast_leaves_float64_alone_and_computes_in_float32():
     # inputs are cast to bfloat16 as SDPA's are, but the kernel itself computes in float32 (not bf16 matmuls)
     ref = taylor_shift_attention_reference(q.bfloat16(), k.bfloat16(), v.bfloat16())
     assert out32.dtype == torch.bfloat16 and rel_err(out32, ref) < 5e-3
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_check_lets_empty_calls_through(causal):
+    q = torch.zeros(0, 2, 5, 4)
+    assert taylor_shift_attention(q, q, q, backend="efficient", is_causal=causal).shape == (0, 2, 5, 4)
+    q, v = torch.zeros(1, 2, 5, 4), torch.zeros(1, 2, 5, 0)
+    assert taylor_shift_attention(q, q, v, backend="efficient", is_causal=causal).shape == (1, 2, 5, 0)
+    assert TaylorShiftState((0, 2), 4).nbytes == 0

@@ -206,9 +206,9 @@ def causal_efficient_attention(
     form, chunk = check_efficient_call(inp, form, chunk_size, is_causal=True)
     q, k, v = inp.q, inp.k, inp.v
     L, S, d, dv = q.shape[-2], k.shape[-2], k.shape[-1], v.shape[-1]
-    has_key = rows_with_keys(inp.mask, L, S, True, q.device)
     if exporting():  # one chunk covering everything: the in-chunk part, i.e. the direct form, is all there is
-        return direct_functional(q * inp.scale, k, v, inp.mask, inp.coefficients, True, has_key)
+        return direct_functional(q * inp.scale, k, v, inp.mask, inp.coefficients, True)
+    has_key = rows_with_keys(inp.mask, L, S, True, q.device)
     vp = augment_values(v, inp.mask, 1.0)
     batch = k.shape[:-2].numel()
     if chunk is None:

@@ -51,17 +51,17 @@ def rows_with_keys(mask: Tensor | None, L: int, S: int, causal: bool, device: to
         None when every row has a key (no mask and ``S > 0``), else a bool tensor broadcastable to
         ``(*batch, L, 1)``: ``(*mask_batch, L or 1, 1)``.
     """
+    if S == 0:
+        return torch.zeros((1, 1), dtype=torch.bool, device=device)
     if mask is None:
-        return None if S > 0 else torch.zeros((1, 1), dtype=torch.bool, device=device)
+        return None
     if mask.dim() < 2:  # (S,) stands for (1, S)
         mask = mask.unsqueeze(0)
     if not causal:
         return mask.any(-1, keepdim=True)
-    if mask.shape[-2] == 1:  # a key mask: row i has a key iff the first attendable key is <= i
-        first = torch.where(mask.any(-1), mask.int().argmax(-1), L)  # (*mask_batch, 1); L: no key at all
-        return torch.arange(L, device=device).unsqueeze(-1) >= first.unsqueeze(-1)
-    tri = torch.arange(L, device=device).unsqueeze(-1) >= torch.arange(S, device=device)
-    return (mask & tri).any(-1, keepdim=True)
+    # row i has a key iff its first attendable key is at j <= i (argmax finds the first True; L: none at all)
+    first = torch.where(mask.any(-1), mask.to(torch.uint8).argmax(-1), L)  # (*mask_batch, L or 1)
+    return torch.arange(L, device=device).unsqueeze(-1) >= first.unsqueeze(-1)
 
 
 def spans(n: int, size: int) -> list[tuple[int, int]]:

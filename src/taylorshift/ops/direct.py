@@ -74,26 +74,33 @@ def block_weights(qs_b: Tensor, k: Tensor, coefficients, mask_b: Tensor | None) 
     return s, w
 
 
-def _row_keys(has_key: Tensor | None, l0: int, l1: int) -> Tensor | None:
-    """The rows ``[l0, l1)`` of :func:`rows_with_keys`' answer (which may have one row for all)."""
-    if has_key is None or has_key.shape[-2] == 1:
-        return has_key
-    return has_key[..., l0:l1, :]
+def _has_key(mask: Tensor | None, keep: Tensor | None, S: int, device: torch.device) -> Tensor | None:
+    """Which rows of a block have an attendable key (:func:`taylorshift.ops.common.rows_with_keys`), read off
+    the block's keep-mask: None when all have (no caller mask and ``S > 0``), else bool ``(*, rows or 1, 1)``."""
+    if mask is None:
+        return rows_with_keys(None, 0, S, False, device)
+    return keep.any(-1, keepdim=True) if keep.dim() >= 2 else keep.any(-1).view(1, 1)  # (S,) stands for (1, S)
 
 
 class _BlockedDirect(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qs, k, v, mask, coefficients, block, causal, has_key):  # noqa: D102
+    def forward(ctx, qs, k, v, mask, coefficients, block, causal):  # noqa: D102
         batch = torch.broadcast_shapes(qs.shape[:-2], k.shape[:-2], v.shape[:-2])
         L, S = qs.shape[-2], k.shape[-2]
         out = qs.new_empty((*batch, L, v.shape[-1]))
         den = qs.new_empty((*batch, L, 1))
+        keys = []  # has_key of each block
         for l0, l1 in spans(L, block):
             e = _key_end(S, l1, causal)
             keep = _block_keep(mask, l0, l1, e, causal, qs.device)
             _, w = block_weights(qs[..., l0:l1, :], k[..., :e, :], coefficients, keep)
             torch.sum(w, dim=-1, keepdim=True, out=den[..., l0:l1, :])
-            out[..., l0:l1, :] = divide_rows(w @ v[..., :e, :], den[..., l0:l1, :], _row_keys(has_key, l0, l1))
+            keys.append(_has_key(mask, keep, S, qs.device))
+            out[..., l0:l1, :] = divide_rows(w @ v[..., :e, :], den[..., l0:l1, :], keys[-1])
+        # one answer for all rows (no mask, or a key mask without causality), or one per row
+        has_key = keys[0] if keys else None
+        if has_key is not None and has_key.shape[-2] != 1:
+            has_key = torch.cat(keys, dim=-2)
         ctx.save_for_backward(qs, k, v, out, den)
         ctx.mask, ctx.coefficients, ctx.block, ctx.causal, ctx.has_key = mask, coefficients, block, causal, has_key
         return out
@@ -128,25 +135,22 @@ class _BlockedDirect(torch.autograd.Function):
                 dqs[..., l0:l1, :] = ds @ k_b
             if need_k:
                 dk[..., :e, :] += ds.transpose(-1, -2) @ q_b
-        return dqs, dk, dv, None, None, None, None, None
+        return dqs, dk, dv, None, None, None, None
 
 
-def direct_functional(
-    qs: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, coefficients, causal: bool, has_key: Tensor | None
-) -> Tensor:
+def direct_functional(qs: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, coefficients, causal: bool) -> Tensor:
     """The direct form as one block of plain (differentiable, traceable) tensor operations.
 
     Args:
         qs: scaled queries ``(*batch, L, d)``; ``k`` ``(*batch, S, d)``; ``v`` ``(*batch, S, e)``.
         mask: the caller's keep-mask or None; ``causal``: and'ed with ``j <= i``.
-        has_key: :func:`taylorshift.ops.common.rows_with_keys` of the same mask.
 
     Returns:
         ``(*batch, L, e)``.
     """
     keep = _block_keep(mask, 0, qs.shape[-2], k.shape[-2], causal, qs.device)
     _, w = block_weights(qs, k, coefficients, keep)
-    return divide_rows(w @ v, w.sum(-1, keepdim=True), has_key)
+    return divide_rows(w @ v, w.sum(-1, keepdim=True), _has_key(mask, keep, k.shape[-2], qs.device))
 
 
 def direct_attention(inp: AttentionInputs, block_size: int | None = None, is_causal: bool = False) -> Tensor:
@@ -165,9 +169,8 @@ def direct_attention(inp: AttentionInputs, block_size: int | None = None, is_cau
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
         raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
     causal = bool(is_causal)
-    has_key = rows_with_keys(inp.mask, q.shape[-2], k.shape[-2], causal, q.device)
     if exporting():
-        return direct_functional(q * inp.scale, k, v, inp.mask, inp.coefficients, causal, has_key)
+        return direct_functional(q * inp.scale, k, v, inp.mask, inp.coefficients, causal)
     if block_size is None:
         block_size = default_block_size(q.shape[:-2].numel(), k.shape[-2])
-    return _BlockedDirect.apply(q * inp.scale, k, v, inp.mask, inp.coefficients, block_size, causal, has_key)
+    return _BlockedDirect.apply(q * inp.scale, k, v, inp.mask, inp.coefficients, block_size, causal)

@@ -78,7 +78,9 @@ def check_efficient_memory(
     """Raise ``torch.OutOfMemoryError`` (naming the head size and ``advice``, by default ``backend="direct"``) when
     the efficient kernel would need more memory than ``device`` has available; arguments as
     :func:`efficient_bytes`."""
-    need = efficient_bytes(batch, L, S, d, dv, dtype, form=form, chunk=chunk, causal=causal, train=train)
+    if batch == 0:  # nothing is allocated
+        return
+    need = efficient_bytes(batch, L, S, d, max(dv, 1), dtype, form=form, chunk=chunk, causal=causal, train=train)
     if need < _CHECK_ABOVE:
         return
     free = available_bytes(device)
