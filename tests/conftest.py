@@ -174,7 +174,8 @@ def assert_one_error_line(rc: int, err: str, *needles: str) -> str:
 # Hypothesis profiles. "ci" (the default) is derandomised: every run checks the same examples, so a failure is
 # reproducible and never luck; print_blob shows how to replay one. "explore" (HYPOTHESIS_PROFILE=explore) draws
 # fresh random examples, more of them, for local bug hunting (add --hypothesis-seed=N to replay a run); "dev" is
-# random at the CI size.
+# random at the CI size. Each profile states derandomize itself: with the CI variable set, Hypothesis makes
+# derandomised settings the default that unstated fields inherit.
 try:
     from hypothesis import settings as _hypothesis_settings
 except ImportError:  # a dev dependency: the property tests import it themselves
@@ -183,6 +184,10 @@ if _hypothesis_settings is not None:
     _hypothesis_settings.register_profile(
         "ci", max_examples=150, derandomize=True, print_blob=True, deadline=None, database=None
     )
-    _hypothesis_settings.register_profile("dev", max_examples=150, print_blob=True, deadline=None)
-    _hypothesis_settings.register_profile("explore", max_examples=2000, print_blob=True, deadline=None)
+    _hypothesis_settings.register_profile(
+        "dev", max_examples=150, derandomize=False, print_blob=True, deadline=None
+    )
+    _hypothesis_settings.register_profile(
+        "explore", max_examples=2000, derandomize=False, print_blob=True, deadline=None
+    )
     _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
