@@ -488,3 +488,22 @@ def test_block_structure():
     h = x + 0.5 * blk.attn(blk.norm1(x))
     expected = h + 0.5 * blk.mlp(blk.norm2(h))
     assert rel_err(blk(x), expected) < 1e-14
+
+
+def test_recipe_fields_temperature_init_and_embed_std():
+    """``temperature_init`` reaches every TaylorShift block of each family (softmax ignores it); ``embed_std``
+    sets the token embedding's init; bad values name the field."""
+    torch.manual_seed(0)
+    for name in ("listops_cpu", "vit_tiny_fmnist", "fortunes_lm"):
+        model = create_model(name, temperature_init=4.0, **({"max_len": 64} if name == "fortunes_lm" else {}))
+        temps = [m.temperature for m in model.modules() if isinstance(m, TaylorShiftAttention)]
+        assert temps and all(torch.equal(t.detach(), torch.full_like(t, 4.0)) for t in temps), name
+    create_model("listops_cpu", attention="softmax", temperature_init=4.0)  # accepted and unused
+    emb = create_model("listops_cpu", embed_std=1.0).embed.proj.weight
+    assert 0.7 < emb.std() < 1.0 and emb.abs().max() <= 2.0 + 1e-6  # truncated at ±2 std
+    assert 0.012 < create_model("listops_cpu").embed.proj.weight.std() < 0.025  # the paper's 0.02 by default
+    for bad in (0.0, -1.0, float("nan"), "1"):
+        with pytest.raises(ValueError, match="embed_std"):
+            create_model("listops_cpu", embed_std=bad)
+    with pytest.raises(ValueError, match="temperature_init"):
+        create_model("listops_cpu", temperature_init=-2.0)

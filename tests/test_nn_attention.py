@@ -186,3 +186,12 @@ def test_float32_and_half_inputs_run():
         out = m(x)
     assert torch.isfinite(out).all()
     assert rel_err(out.float(), ref) < 5e-2
+
+
+def test_temperature_init_sets_every_head_and_is_checked():
+    attn = TaylorShiftAttention(32, 4, temperature_init=4.0)
+    assert torch.equal(attn.temperature.detach(), torch.full((4, 1, 1), 4.0))
+    assert torch.equal(TaylorShiftAttention(32, 4).temperature.detach(), torch.ones(4, 1, 1))
+    for bad in (0.0, -1.0, float("inf"), float("nan"), True, "4"):
+        with pytest.raises(ValueError, match="temperature_init"):
+            TaylorShiftAttention(32, 4, temperature_init=bad)

@@ -7,6 +7,7 @@ position, timm's ``no_embed_class``) → ``depth`` pre-norm blocks → LayerNorm
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,6 +37,9 @@ class SequenceClassifierConfig:
         backend: TaylorShift backend ``"auto"``, ``"direct"`` or ``"efficient"``.
         drop_path: stochastic depth of the last block (linear from 0).
         layer_scale_init: initial LayerScale value; ``None`` disables LayerScale.
+        embed_std: std of the token embedding's initial weights (``embed="linear"`` only; the paper's 0.02).
+            Sinusoidal positions have unit-size entries, so with 0.02 the tokens start nearly invisible.
+        temperature_init: initial TaylorShift temperature (the paper's 1; ignored by other attentions).
         attn_kwargs: further attention arguments (``attn_drop``, ``coefficients``, ...).
     """
 
@@ -52,11 +56,16 @@ class SequenceClassifierConfig:
     backend: str = "auto"
     drop_path: float = 0.05
     layer_scale_init: float | None = 1e-4
+    embed_std: float = 0.02
+    temperature_init: float = 1.0
     attn_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_common(self)
         check_positive_ints(self, ("input_dim", "max_len"))
+        if not (isinstance(self.embed_std, (int, float)) and not isinstance(self.embed_std, bool)
+                and math.isfinite(self.embed_std) and self.embed_std > 0):
+            raise ValueError(f"embed_std must be a positive finite number, got {self.embed_std!r}")
         if self.embed not in ("linear", "conv"):
             raise ValueError(f"embed must be 'linear' or 'conv', got {self.embed!r}")
 
@@ -85,6 +94,9 @@ class SequenceClassifier(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
         nn.init.trunc_normal_(self.cls_token, std=0.02, a=-0.04, b=0.04)
         self.apply(init_weights)
+        if cfg.embed == "linear":
+            std = float(cfg.embed_std)
+            nn.init.trunc_normal_(self.embed.proj.weight, std=std, a=-2 * std, b=2 * std)
 
     def forward_features(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """Normalised CLS features ``(B, D)``; arguments as in :meth:`forward`."""

@@ -47,6 +47,8 @@ def make_blocks(cfg: Any, causal: bool = False) -> nn.ModuleList:
     is sized by the sequence (Linformer) gets ``max_len = max_tokens(cfg)`` unless ``cfg.attn_kwargs`` has one."""
     rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
     extra: dict[str, Any] = {"causal": True} if causal else {}
+    if cfg.attention == "taylorshift" and "temperature_init" not in cfg.attn_kwargs:
+        extra["temperature_init"] = cfg.temperature_init
     if cfg.attention in NEEDS_MAX_LEN and "max_len" not in cfg.attn_kwargs:
         extra["max_len"] = max_tokens(cfg, causal)
     return nn.ModuleList(

@@ -40,6 +40,7 @@ class ViTConfig:
         backend: TaylorShift backend ``"auto"``, ``"direct"`` or ``"efficient"``.
         drop_path: stochastic depth of the last block (linear from 0).
         layer_scale_init: initial LayerScale value; ``None`` disables LayerScale.
+        temperature_init: initial TaylorShift temperature (the paper's 1; ignored by other attentions).
         attn_kwargs: further attention arguments (``attn_drop``, ``coefficients``, ...).
     """
 
@@ -59,6 +60,7 @@ class ViTConfig:
     backend: str = "auto"
     drop_path: float = 0.05
     layer_scale_init: float | None = 1e-4
+    temperature_init: float = 1.0
     attn_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -131,8 +131,11 @@ class TaylorShiftAttention(nn.Module):
         qkv_bias: bias in the q/k/v projection.
         attn_drop: probability of dropping each key per (batch, head) in training (see module docstring).
         proj_drop: dropout after the output projection.
-        normalize_qk: L2-normalise q and k and use a learnable per-head temperature (init 1) as the logit
-            scale; if False, the logit scale is the fixed ``1/√d``.
+        normalize_qk: L2-normalise q and k and use a learnable per-head temperature as the logit scale; if
+            False, the logit scale is the fixed ``1/√d``.
+        temperature_init: initial value of the temperature (the paper: 1). With unit-norm q and k the logits
+            lie in ``[-τ, τ]``, so at ``τ = 1`` the weights ``p(s)`` span only ``[0.5, 2.5]`` and attention starts
+            close to uniform; a larger start lets heads focus from the first step.
         output_scale: multiply each head's output by ``√(N/d)``, ``N`` = number of valid keys.
         coefficients: ``(a, b, c)`` of the weight polynomial ``a x² + b x + c``.
         backend: ``"auto"``, ``"direct"`` or ``"efficient"`` (see :func:`taylorshift.taylor_shift_attention`).
@@ -169,8 +172,13 @@ class TaylorShiftAttention(nn.Module):
         coefficients: tuple[float, float, float] = DEFAULT_COEFFICIENTS,
         backend: str = "auto",
         causal: bool = False,
+        temperature_init: float = 1.0,
     ) -> None:
         super().__init__()
+        if isinstance(temperature_init, bool) or not isinstance(temperature_init, (int, float)) or not (
+            math.isfinite(temperature_init) and temperature_init > 0
+        ):
+            raise ValueError(f"temperature_init must be a positive finite number, got {temperature_init!r}")
         head_dim = check_module_args(dim, num_heads, head_dim, attn_drop, proj_drop, causal)
         self.causal = causal
         self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
@@ -180,7 +188,9 @@ class TaylorShiftAttention(nn.Module):
         self.attn_drop = float(attn_drop)
         inner = num_heads * head_dim
         self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
-        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1)) if self.normalize_qk else None
+        self.temperature = (
+            nn.Parameter(torch.full((num_heads, 1, 1), float(temperature_init))) if self.normalize_qk else None
+        )
         self.proj = nn.Linear(inner, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 

@@ -16,7 +16,8 @@ from taylorshift.ops.inputs import check_backend
 ATTENTION_TYPES: tuple[str, ...] = ("taylorshift", "softmax", *BASELINES)
 _ACCEPTED_KWARGS = {
     "taylorshift": frozenset(
-        {"qkv_bias", "attn_drop", "proj_drop", "normalize_qk", "output_scale", "coefficients", "causal"}
+        {"qkv_bias", "attn_drop", "proj_drop", "normalize_qk", "output_scale", "coefficients", "causal",
+         "temperature_init"}
     ),
     "softmax": frozenset({"qkv_bias", "attn_drop", "proj_drop", "causal"}),
     **{kind: cls.ACCEPTED_KWARGS for kind, cls in BASELINES.items()},
@@ -53,7 +54,7 @@ def make_attention(
             ``"auto"`` (PyTorch chooses its kernel).
         **kwargs: further constructor arguments: ``qkv_bias``, ``attn_drop``, ``proj_drop``, ``causal`` (a
             decoder with ``new_cache`` / ``prefill`` / ``step``) for both kinds; ``normalize_qk``,
-            ``output_scale``, ``coefficients`` for TaylorShift; each baseline's own (``ACCEPTED_KWARGS`` of its
+            ``output_scale``, ``coefficients``, ``temperature_init`` for TaylorShift; each baseline's own (``ACCEPTED_KWARGS`` of its
             class, e.g. ``max_len`` for Linformer).
 
     Raises:
