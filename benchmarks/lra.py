@@ -1,16 +1,23 @@
-"""The long-sequence benchmark (the paper's five-task comparison, CPU-sized): train TaylorShift and softmax
-Transformers (and installed baselines) on every task at the same CPU budget, check that direct and efficient
-TaylorShift give the same predictions, and write ``docs/results.md``.
+"""The long-sequence benchmark (the paper's five-task comparison, CPU-sized): TaylorShift vs softmax.
 
-    python benchmarks/lra.py                       # everything: train (resumable), agreement, report
-    python benchmarks/lra.py --phase train --budget-minutes 10 --tasks pixels text
+Three protocols (``--protocol``):
+
+- ``matched`` (the primary comparison): both attentions train the same number of optimizer steps with the same
+  schedule, batch order and initial-weights seed per (task, seed), for every seed in ``configs/lra/recipes.yaml``
+  (``seeds``), with the recipe named there (``chosen``). Runs: ``<runs>/matched/<task>/<recipe>/<attention>-s<seed>``.
+- ``sweep``: the recipes of ``configs/lra/recipes.yaml`` (``--settings`` to pick some), seed 0, judged on the
+  validation split, to choose the recipe. Runs: ``<runs>/sweep/<task>/<recipe>/<attention>-s0``.
+- ``budget`` (the paper's efficiency view): the same CPU time per run, seed 0. Runs: ``<runs>/<task>-<attention>``.
+
+    python benchmarks/lra.py --protocol sweep --tasks listops_short --settings paper emb1-ls0.1-tau4
+    python benchmarks/lra.py --protocol matched --tasks listops_short pathfinder16 pixels
+    python benchmarks/lra.py --protocol budget --phase train --budget-minutes 10 --tasks pixels text
     python benchmarks/lra.py --phase report        # rebuild docs/results.md from the finished runs
 
-Each run is ``taylorshift train --config configs/lra/<task>.yaml --attention <a> --out-dir
-<runs>/<task>-<a> --resume``: a finished run (``summary.json`` present) is skipped, an interrupted one
-continues from its checkpoint, so rerunning the same command after an interruption loses nothing. The runs
-of one task go side by side (one torch thread each), so they share the machine's load equally; the budget is
-CPU time of each process, which contention changes less than wall time.
+Each run is one ``taylorshift train ... --resume`` process: a finished run (``summary.json`` present) is
+skipped and an interrupted one continues from its checkpoint, so rerunning the same command after an
+interruption loses nothing. Runs go ``--parallel`` at a time, one torch thread each. Data that is not in the
+cache is prepared first (seeded, so every machine trains on the same examples).
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ("listops", "pathfinder", "text", "pixels", "fmnist_images")
+TASKS = ("listops", "pathfinder", "text", "pixels", "fmnist_images", "listops_short", "pathfinder16")
+RECIPES = ROOT / "configs" / "lra" / "recipes.yaml"
 DEFAULT_ATTENTIONS = ("taylorshift", "softmax")
 
 
@@ -35,6 +43,106 @@ def train_command(task: str, attention: str, runs: Path, budget: float) -> list[
     return [sys.executable, "-m", "taylorshift", "train", "--config", str(ROOT / "configs" / "lra" / f"{task}.yaml"),
             "--attention", attention, "--out-dir", str(run_dir(runs, task, attention)),
             "--budget-minutes", str(budget), "--resume", "--no-progress"]
+
+
+def load_recipes(path: Path = RECIPES) -> dict:
+    import yaml
+
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    for key in ("recipes", "chosen", "steps", "seeds"):
+        if key not in data:
+            raise SystemExit(f"{path}: missing {key!r}")
+    if data["chosen"] not in data["recipes"]:
+        raise SystemExit(f"{path}: chosen recipe {data['chosen']!r} is not among {sorted(data['recipes'])}")
+    return data
+
+
+def recipe_overrides(recipe: dict, task: str) -> list[str]:
+    """``--set`` arguments of a recipe for ``task`` (embed_std is a classifier field: the ViT task skips it)."""
+    out = []
+    for key, value in recipe.items():
+        if task == "fmnist_images" and key.endswith("embed_std"):
+            continue
+        out += ["--set", f"{key}={value}"]
+    return out
+
+
+def canonical_recipe(cfg: dict, name: str, attention: str, task: str) -> str:
+    """The first recipe that trains the same run as ``name`` for this attention and task: softmax ignores
+    ``temperature_init``, so the temperature variants share one softmax run instead of repeating it."""
+    def effective(n: str) -> list[str]:
+        r = {k: v for k, v in cfg["recipes"][n].items() if attention == "taylorshift" or "temperature" not in k}
+        return recipe_overrides(r, task)
+
+    target = effective(name)
+    return next(n for n in cfg["recipes"] if effective(n) == target)
+
+
+def run_path(runs: Path, protocol: str, task: str, recipe: str, attention: str, seed: int) -> Path:
+    return runs / protocol / task / recipe / f"{attention}-s{seed}"
+
+
+def protocol_runs(protocol: str, tasks, attentions, runs: Path, settings, seeds, steps_override) -> list[tuple]:
+    """``(task, out_dir, command)`` of every run of the matched or sweep protocol."""
+    cfg = load_recipes()
+    names = [cfg["chosen"]] if protocol == "matched" else (settings or list(cfg["recipes"]))
+    unknown = [n for n in names if n not in cfg["recipes"]]
+    if unknown:
+        raise SystemExit(f"unknown recipe(s) {unknown}; {RECIPES} has {sorted(cfg['recipes'])}")
+    seeds = seeds if seeds is not None else (cfg["seeds"] if protocol == "matched" else [0])
+    out, seen = [], set()
+    for task in tasks:
+        steps = steps_override or cfg["steps"][task]
+        for name in names:
+            for seed in seeds:
+                for attention in attentions:
+                    rname = canonical_recipe(cfg, name, attention, task)
+                    d = run_path(runs, protocol, task, rname, attention, seed)
+                    if d in seen:
+                        continue
+                    seen.add(d)
+                    cmd = [sys.executable, "-m", "taylorshift", "train", "--config",
+                           str(ROOT / "configs" / "lra" / f"{task}.yaml"), "--attention", attention,
+                           "--seed", str(seed), "--max-steps", str(steps), "--out-dir", str(d), "--resume",
+                           "--no-progress", *recipe_overrides(cfg["recipes"][rname], task)]
+                    out.append((task, d, cmd))
+    return out
+
+
+def run_all(jobs: list[tuple], parallel: int) -> None:
+    """Run the unfinished jobs ``parallel`` at a time (a slot is refilled as soon as a run ends)."""
+    todo = [j for j in jobs if not (j[1] / "summary.json").exists()]
+    print(f"{len(jobs) - len(todo)} of {len(jobs)} runs finished; {len(todo)} to go", flush=True)
+    prepare_data(sorted({task for task, _, _ in todo}))
+    active: list[tuple] = []
+    while todo or active:
+        while todo and len(active) < parallel:
+            task, d, cmd = todo.pop(0)
+            d.mkdir(parents=True, exist_ok=True)
+            log = open(d / "train.log", "a")
+            print(f"start {d}", flush=True)
+            active.append((d, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log, time.time()))
+        time.sleep(2)
+        for item in list(active):
+            d, proc, log, t0 = item
+            if proc.poll() is None:
+                continue
+            log.close()
+            active.remove(item)
+            status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {d}/train.log)"
+            print(f"{status}: {d} after {(time.time() - t0) / 60:.1f} min wall", flush=True)
+
+
+def prepare_data(tasks) -> None:
+    """Prepare (seeded generation or download) the tasks whose data is not in the cache yet."""
+    from taylorshift.data.registry import get_task
+
+    for task in tasks:
+        if not get_task(task).is_prepared():
+            print(f"[{task}] preparing data", flush=True)
+            subprocess.run([sys.executable, "-m", "taylorshift", "data", "prepare", task, "--no-progress"],
+                           cwd=ROOT, check=True)
 
 
 def train_all(tasks, attentions, runs: Path, budget: float, parallel: int) -> None:
@@ -76,8 +184,15 @@ def agreement_all(tasks, runs: Path, samples: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--protocol", choices=("matched", "sweep", "budget"), default="matched",
+                   help="matched steps (primary), recipe sweep on validation, or same CPU budget (default matched)")
     p.add_argument("--phase", choices=("all", "train", "agreement", "report"), default="all")
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    p.add_argument("--tasks", nargs="+", default=None, choices=TASKS,
+                   help="default: listops_short pathfinder16 text pixels fmnist_images (matched, sweep) or the "
+                   "five LRA-sized tasks (budget)")
+    p.add_argument("--settings", nargs="+", help="sweep: recipes of configs/lra/recipes.yaml to train (default all)")
+    p.add_argument("--seeds", nargs="+", type=int, help="override the recipes file's seeds")
+    p.add_argument("--steps", type=int, help="override the recipes file's steps per task")
     p.add_argument("--attentions", nargs="+", default=list(DEFAULT_ATTENTIONS),
                    help="attention types to compare (installed baselines too, e.g. performer)")
     p.add_argument("--budget-minutes", type=float, default=10.0, help="CPU minutes of training per run")
@@ -89,6 +204,20 @@ def main(argv: list[str] | None = None) -> int:
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.tasks is None:
+        args.tasks = list(TASKS[:5]) if args.protocol == "budget" else \
+            ["listops_short", "pathfinder16", "text", "pixels", "fmnist_images"]
+    if args.protocol != "budget":
+        if args.phase in ("all", "train"):
+            jobs = protocol_runs(args.protocol, args.tasks, args.attentions, runs, args.settings, args.seeds,
+                                 args.steps)
+            run_all(jobs, args.parallel)
+        if args.phase in ("all", "report"):
+            from lra_report import write_protocol_report
+
+            path = write_protocol_report(runs, Path(args.doc), load_recipes())
+            print(f"wrote {path}")
+        return 0
     if args.phase in ("all", "train"):
         train_all(args.tasks, args.attentions, runs, args.budget_minutes, args.parallel)
     if args.phase in ("all", "agreement"):

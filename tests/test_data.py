@@ -461,7 +461,8 @@ def test_polarity_csv_with_bom(tmp_path, monkeypatch):
 
 
 def test_registry():
-    assert list_tasks() == ["listops", "pathfinder", "text", "pixels", "fmnist_images", "fortunes-lm"]
+    assert list_tasks() == ["listops", "listops_short", "pathfinder", "pathfinder16", "text", "pixels",
+                            "fmnist_images", "fortunes-lm"]
     from taylorshift.data import cli
 
     assert tuple(list_tasks()) == cli.TASKS
@@ -541,3 +542,19 @@ def test_cli_errors(tmp_path, capsys, monkeypatch):
     assert main(["data", "prepare", "pixels", "--cache-dir", str(tmp_path)]) == 2
     assert "dataset-fashion-mnist" in capsys.readouterr().err
     assert main(["data"]) == 2
+
+
+def test_cpu_sized_variants_have_their_own_files(tmp_path):
+    """listops_short (101-499 tokens) and pathfinder16 (16x16) live beside the LRA-sized data, never over it."""
+    short = get_task("listops_short")
+    short.prepare(tmp_path, size=48)
+    assert short.is_prepared(tmp_path) and not get_task("listops").is_prepared(tmp_path)
+    ds = short.dataset("train", tmp_path)
+    lengths = [len(ds[i][0]) for i in range(len(ds))]
+    assert len(ds) == 48 and all(100 < n < 500 for n in lengths)
+    pf = get_task("pathfinder16")
+    pf.prepare(tmp_path, size=6, val_size=2, test_size=2)
+    tokens, label = pf.dataset("test", tmp_path)[0]
+    assert tokens.shape == (256,) and int(label) in (0, 1)
+    assert not get_task("pathfinder").is_prepared(tmp_path)
+    assert (tmp_path / "pathfinder" / "L4-S16" / "train.npz").exists()

@@ -20,7 +20,7 @@ import time
 from taylorshift.cli import CLIError, non_negative_int, output_dir, positive_int
 
 # Kept literal so that building the parser imports nothing heavy; tests check it against registry.list_tasks().
-TASKS = ("listops", "pathfinder", "text", "pixels", "fmnist_images", "fortunes-lm")
+TASKS = ("listops", "listops_short", "pathfinder", "pathfinder16", "text", "pixels", "fmnist_images", "fortunes-lm")
 CONTOUR_LENGTHS = (6, 9, 14)
 
 
@@ -81,9 +81,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _progress_total(task: str, options: dict) -> int | None:
-    if task == "listops":
+    if task in ("listops", "listops_short"):
         from taylorshift.data import listops as mod
-    elif task == "pathfinder":
+    elif task in ("pathfinder", "pathfinder16"):
         from taylorshift.data import pathfinder as mod
     else:
         return None

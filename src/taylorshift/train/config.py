@@ -21,7 +21,9 @@ from taylorshift.files import atomic_open
 # the model preset a task trains by default (CPU-sized presets, head size 16)
 DEFAULT_MODELS: dict[str, str] = {
     "listops": "listops_cpu",
+    "listops_short": "listops_cpu",
     "pathfinder": "pathfinder_cpu",
+    "pathfinder16": "pathfinder_cpu",
     "text": "text_bytes_cpu",
     "pixels": "pixels_cpu",
     "fmnist_images": "vit_tiny_fmnist",
