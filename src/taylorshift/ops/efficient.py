@@ -40,10 +40,12 @@ from taylorshift.ops.common import (
     spans,
 )
 from taylorshift.ops.features import (
+    Blocks,
     Form,
+    blocked_feature_dim,
     check_form,
-    feature_dim,
     feature_weights,
+    row_blocks,
     taylor_features,
     taylor_features_backward,
 )
@@ -51,6 +53,24 @@ from taylorshift.ops.inputs import AttentionInputs
 from taylorshift.ops.memory import check_efficient_memory
 
 __all__ = ["DEFAULT_FORM", "default_chunk_size", "efficient_attention", "efficient_functional"]
+
+
+KERNEL_ROW_BLOCKS = 8
+"""Row blocks of the symmetric features in the non-causal streaming kernel (:func:`kernel_blocks`)."""
+
+
+def kernel_blocks(d: int, form: Form) -> Blocks:
+    """The feature layout of the non-causal streaming kernel: ``form="full"`` as is; ``"symmetric"`` in
+    ``min(d, KERNEL_ROW_BLOCKS)`` row blocks (:func:`taylorshift.ops.features.row_blocks`).
+
+    Building the ``d(d+1)/2`` monomials row by row takes ``d`` tensor operations per chunk, each a parallel
+    region of its own; when another process competes for the cores, every region waits for its slowest
+    thread, so ``d = 64`` paid thousands of such waits per call (docs/benchmarks.md, contention). Eight row
+    blocks build the same products in eight operations for about ``1/8`` more second-order features
+    (the blocks' diagonal squares hold ``x_i x_j`` and ``x_j x_i``); the state never leaves the call, so its
+    layout is private to the kernel.
+    """
+    return row_blocks(d, form, None if form == "full" else min(d, KERNEL_ROW_BLOCKS))
 
 
 def check_chunk_size(chunk_size: object) -> int | None:
@@ -94,23 +114,29 @@ def augment_values(v: Tensor, key_mask: Tensor | None, norm: float | int) -> Ten
     return vp
 
 
-def accumulate_state(state: Tensor, k: Tensor, vp: Tensor, form: Form, chunk: int) -> Tensor:
+def accumulate_state(
+    state: Tensor, k: Tensor, vp: Tensor, form: Form, chunk: int, blocks: Blocks | None = None
+) -> Tensor:
     """``state += Σ_j φ(k_j) v'_jᵀ`` over the rows of ``k (*batch, S, d)``, ``vp (*batch, S, e)``, chunk by
-    chunk; ``state (*batch, F, e)`` (unweighted features) is updated in place and returned."""
+    chunk; ``state (*batch, F, e)`` (unweighted features in the layout ``blocks``, see
+    :func:`taylorshift.ops.features.row_blocks`) is updated in place and returned."""
+    phi = None
     for s0, s1 in spans(k.shape[-2], chunk):
-        phi = taylor_features(k[..., s0:s1, :], form)  # (*batch, F, c)
+        if phi is None or phi.shape[-1] != s1 - s0:
+            phi = k.new_empty((*k.shape[:-2], state.shape[-2], s1 - s0))  # one buffer for all full chunks
+        taylor_features(k[..., s0:s1, :], form, out=phi, blocks=blocks)  # (*batch, F, c)
         state += phi @ vp[..., s0:s1, :]
     return state
 
 
-def state_product(qs: Tensor, weighted_state: Tensor, form: Form) -> Tensor:
+def state_product(qs: Tensor, weighted_state: Tensor, form: Form, blocks: Blocks | None = None) -> Tensor:
     """``φ(q̃)ᵀ diag(w) Z`` for the rows of ``qs (*batch, c, d)``: ``(*batch, c, dv+1)``, the numerators and, in
     the last column, the denominators (one chunk; the caller bounds ``c``)."""
-    return taylor_features(qs, form).transpose(-1, -2) @ weighted_state
+    return taylor_features(qs, form, blocks=blocks).transpose(-1, -2) @ weighted_state
 
 
 def read_state(
-    qs: Tensor, weighted_state: Tensor, form: Form, chunk: int, has_key: Tensor | None
+    qs: Tensor, weighted_state: Tensor, form: Form, chunk: int, has_key: Tensor | None, blocks: Blocks | None = None
 ) -> tuple[Tensor, Tensor]:
     """Read ``diag(w)·state`` ``(*batch, F, dv+1)`` with scaled queries ``qs (*batch, L, d)``.
 
@@ -121,7 +147,11 @@ def read_state(
     L, e = qs.shape[-2], weighted_state.shape[-1]
     y = qs.new_empty((*qs.shape[:-1], e))
     for l0, l1 in spans(L, chunk):
-        y[..., l0:l1, :] = state_product(qs[..., l0:l1, :], weighted_state, form)
+        torch.matmul(
+            taylor_features(qs[..., l0:l1, :], form, blocks=blocks).transpose(-1, -2),
+            weighted_state,
+            out=y[..., l0:l1, :],
+        )
     den = y[..., -1:]
     return divide_rows(y[..., :-1], den, has_key), den
 
@@ -131,22 +161,22 @@ class _StreamingEfficient(torch.autograd.Function):
     ``[num | den] = φ(q̃)ᵀ diag(w) Σ_j φ(k_j) v'_jᵀ``."""
 
     @staticmethod
-    def forward(ctx, qs, k, vp, coefficients, form, chunk, has_key):  # noqa: D102
+    def forward(ctx, qs, k, vp, coefficients, form, chunk, has_key, blocks):  # noqa: D102
         batch = torch.broadcast_shapes(qs.shape[:-2], k.shape[:-2], vp.shape[:-2])
         d = k.shape[-1]
-        w = feature_weights(d, form, coefficients, dtype=k.dtype, device=k.device).unsqueeze(-1)  # (F, 1)
-        state = accumulate_state(k.new_zeros((*batch, feature_dim(d, form), vp.shape[-1])), k, vp, form, chunk)
-        weighted = state.mul_(w)  # the state is only needed weighted from here on
-        out, den = read_state(qs, weighted, form, chunk, has_key)
+        w = feature_weights(d, form, coefficients, dtype=k.dtype, device=k.device, blocks=blocks).unsqueeze(-1)
+        state = k.new_zeros((*batch, blocked_feature_dim(d, blocks), vp.shape[-1]))  # (*batch, F, e)
+        weighted = accumulate_state(state, k, vp, form, chunk, blocks).mul_(w)  # only needed weighted from here on
+        out, den = read_state(qs, weighted, form, chunk, has_key, blocks)
         ctx.save_for_backward(qs, k, vp, weighted, w, out, den)
-        ctx.form, ctx.chunk, ctx.has_key = form, chunk, has_key
+        ctx.form, ctx.chunk, ctx.has_key, ctx.blocks = form, chunk, has_key, blocks
         return out
 
     @staticmethod
     def backward(ctx, dout):  # noqa: D102
         no_double_backward()
         qs, k, vp, weighted, w, out, den = ctx.saved_tensors
-        form, chunk = ctx.form, ctx.chunk
+        form, chunk, blocks = ctx.form, ctx.chunk, ctx.blocks
         g = dout * reciprocal_rows(den, ctx.has_key)  # (*batch, L, dv)
         dy = torch.cat([g, -(g * out).sum(-1, keepdim=True)], dim=-1)  # (*batch, L, dv+1)
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
@@ -154,24 +184,24 @@ class _StreamingEfficient(torch.autograd.Function):
         dweighted = torch.zeros_like(weighted)  # gradient of diag(w)·state
         for l0, l1 in spans(qs.shape[-2], chunk):
             q_c, dy_c = qs[..., l0:l1, :], dy[..., l0:l1, :]
-            phi = taylor_features(q_c, form)  # (*batch, F, c)
+            phi = taylor_features(q_c, form, blocks=blocks)  # (*batch, F, c)
             dweighted += phi @ dy_c
             if need_q:
                 dphi = torch.matmul(weighted, dy_c.transpose(-1, -2), out=phi)  # reuse the buffer
-                dqs[..., l0:l1, :] = taylor_features_backward(q_c, dphi, form)
+                dqs[..., l0:l1, :] = taylor_features_backward(q_c, dphi, form, blocks=blocks)
         dstate = dweighted.mul_(w)
         dk = torch.empty_like(k) if need_k else None
         dvp = torch.empty_like(vp) if need_v else None
         if need_k or need_v:
             for s0, s1 in spans(k.shape[-2], chunk):
                 k_c = k[..., s0:s1, :]
-                phi = taylor_features(k_c, form)  # (*batch, F, c)
+                phi = taylor_features(k_c, form, blocks=blocks)  # (*batch, F, c)
                 if need_v:
                     dvp[..., s0:s1, :] = phi.transpose(-1, -2) @ dstate
                 if need_k:
                     dphi = torch.matmul(dstate, vp[..., s0:s1, :].transpose(-1, -2), out=phi)
-                    dk[..., s0:s1, :] = taylor_features_backward(k_c, dphi, form)
-        return dqs, dk, dvp, None, None, None, None
+                    dk[..., s0:s1, :] = taylor_features_backward(k_c, dphi, form, blocks=blocks)
+        return dqs, dk, dvp, None, None, None, None, None
 
 
 def efficient_functional(qs: Tensor, k: Tensor, vp: Tensor, coefficients, form: Form, has_key: Tensor | None) -> Tensor:
@@ -214,7 +244,8 @@ def efficient_attention(inp: AttentionInputs, form: Form = DEFAULT_FORM, chunk_s
     if exporting():
         return efficient_functional(qs, k, vp, inp.coefficients, form, has_key)
     batch = k.shape[:-2].numel()
+    blocks = kernel_blocks(d, form)
     if chunk_size is None:
-        chunk_size = default_chunk_size(batch, feature_dim(d, form))
+        chunk_size = default_chunk_size(batch, blocked_feature_dim(d, blocks))
     check_efficient_memory(batch, L, S, d, v.shape[-1], form, chunk_size, q.dtype, q.device, train=inp.needs_grad)
-    return _StreamingEfficient.apply(qs, k, vp, inp.coefficients, form, chunk_size, has_key)
+    return _StreamingEfficient.apply(qs, k, vp, inp.coefficients, form, chunk_size, has_key, blocks)
