@@ -27,6 +27,8 @@ symbolic; that form holds the ``N × F`` features at once.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -136,72 +138,124 @@ def state_product(qs: Tensor, weighted_state: Tensor, form: Form, blocks: Blocks
 
 
 def read_state(
-    qs: Tensor, weighted_state: Tensor, form: Form, chunk: int, has_key: Tensor | None, blocks: Blocks | None = None
+    qs: Tensor,
+    weighted_state: Tensor,
+    form: Form,
+    chunk: int,
+    has_key: Tensor | None,
+    blocks: Blocks | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Read ``diag(w)·state`` ``(*batch, F, dv+1)`` with scaled queries ``qs (*batch, L, d)``.
+
+    ``out_dtype`` (default ``qs.dtype``) is the dtype of the numerators, denominators and output: float32 when
+    ``qs`` and the state come in a low-precision format (the products run in that format, the division in
+    float32).
 
     Returns:
         ``out (*batch, L, dv)`` (numerator / denominator, 0 on rows without a key, see
         :func:`taylorshift.ops.common.divide_rows`) and ``den (*batch, L, 1)``.
     """
     L, e = qs.shape[-2], weighted_state.shape[-1]
-    y = qs.new_empty((*qs.shape[:-1], e))
+    y = qs.new_empty((*qs.shape[:-1], e), dtype=out_dtype or qs.dtype)
     for l0, l1 in spans(L, chunk):
-        torch.matmul(
-            taylor_features(qs[..., l0:l1, :], form, blocks=blocks).transpose(-1, -2),
-            weighted_state,
-            out=y[..., l0:l1, :],
-        )
+        phi_t = taylor_features(qs[..., l0:l1, :], form, blocks=blocks).transpose(-1, -2)  # (*batch, c, F)
+        if y.dtype == phi_t.dtype:
+            torch.matmul(phi_t, weighted_state, out=y[..., l0:l1, :])
+        else:
+            y[..., l0:l1, :] = phi_t @ weighted_state
     den = y[..., -1:]
     return divide_rows(y[..., :-1], den, has_key), den
 
 
+def _lowered(t: Tensor, low: torch.dtype | None, factor: float = 1.0) -> Tensor:
+    """``t·factor`` in ``low``, or ``t`` itself on the float32/float64 path (``low`` None)."""
+    return t if low is None else (t * factor).to(low)
+
+
+def _power_of_two_scale(t: Tensor, low: torch.dtype | None, target: float) -> float:
+    """A power of two ``2^k`` with ``max|t|·2^k`` in ``[target/2, target)`` (1 without ``low`` or for an all-zero
+    or non-finite ``t``): the exact rescaling that puts a gradient into float16's range."""
+    if low is None:
+        return 1.0
+    m = t.abs().amax().item()
+    if m == 0 or not math.isfinite(m):
+        return 1.0
+    return 2.0 ** math.floor(math.log2(target / m))
+
+
 class _StreamingEfficient(torch.autograd.Function):
     """Chunked forward and recomputing backward of ``out = num/den``,
-    ``[num | den] = φ(q̃)ᵀ diag(w) Σ_j φ(k_j) v'_jᵀ``."""
+    ``[num | den] = φ(q̃)ᵀ diag(w) Σ_j φ(k_j) v'_jᵀ``.
+
+    Low precision (``low`` = bfloat16 or float16, inputs in float32): the features and the operands of every
+    product are in ``low``, each chunk's product is added to a float32 state (or gradient), the weights, the
+    normalisation and the backward of the features stay float32. Operands are rescaled by one scalar per call
+    so that they are averages of ``O(1)`` size in ``low`` (float16 has a range of 6·10⁴ and no precision
+    below 6·10⁻⁵): ``V'`` (an average over ``S``) is multiplied by ``S / C`` (an average over a chunk of
+    ``C``) and the state by ``C / S`` after the sum; in the backward ``∂y`` and ``∂Z`` are scaled by powers of
+    two so that their largest entries are about 1/8 and 1, and the gradients are scaled back once.
+    """
 
     @staticmethod
-    def forward(ctx, qs, k, vp, coefficients, form, chunk, has_key, blocks):  # noqa: D102
+    def forward(ctx, qs, k, vp, coefficients, form, chunk, has_key, blocks, low):  # noqa: D102
         batch = torch.broadcast_shapes(qs.shape[:-2], k.shape[:-2], vp.shape[:-2])
-        d = k.shape[-1]
+        d, S = k.shape[-1], k.shape[-2]
+        c = min(chunk, max(S, 1))
         w = feature_weights(d, form, coefficients, dtype=k.dtype, device=k.device, blocks=blocks).unsqueeze(-1)
         state = k.new_zeros((*batch, blocked_feature_dim(d, blocks), vp.shape[-1]))  # (*batch, F, e)
-        weighted = accumulate_state(state, k, vp, form, chunk, blocks).mul_(w)  # only needed weighted from here on
-        out, den = read_state(qs, weighted, form, chunk, has_key, blocks)
+        vp_low = _lowered(vp, low, S / c)
+        accumulate_state(state, _lowered(k, low), vp_low, form, chunk, blocks)
+        weighted = state.mul_(w if low is None else w * (c / S))  # only needed weighted from here on
+        out, den = read_state(_lowered(qs, low), _lowered(weighted, low), form, chunk, has_key, blocks, qs.dtype)
         ctx.save_for_backward(qs, k, vp, weighted, w, out, den)
-        ctx.form, ctx.chunk, ctx.has_key, ctx.blocks = form, chunk, has_key, blocks
+        ctx.form, ctx.chunk, ctx.has_key, ctx.blocks, ctx.low = form, chunk, has_key, blocks, low
         return out
 
     @staticmethod
     def backward(ctx, dout):  # noqa: D102
         no_double_backward()
         qs, k, vp, weighted, w, out, den = ctx.saved_tensors
-        form, chunk, blocks = ctx.form, ctx.chunk, ctx.blocks
+        form, chunk, blocks, low = ctx.form, ctx.chunk, ctx.blocks, ctx.low
+        L, S = qs.shape[-2], k.shape[-2]
+        ck = min(chunk, max(S, 1))
         g = dout * reciprocal_rows(den, ctx.has_key)  # (*batch, L, dv)
         dy = torch.cat([g, -(g * out).sum(-1, keepdim=True)], dim=-1)  # (*batch, L, dv+1)
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
         dqs = torch.empty_like(qs) if need_q else None
         dweighted = torch.zeros_like(weighted)  # gradient of diag(w)·state
-        for l0, l1 in spans(qs.shape[-2], chunk):
-            q_c, dy_c = qs[..., l0:l1, :], dy[..., l0:l1, :]
-            phi = taylor_features(q_c, form, blocks=blocks)  # (*batch, F, c)
+        sy = _power_of_two_scale(dy, low, 0.125)
+        q_low, dy_low, weighted_low = _lowered(qs, low), _lowered(dy, low, sy), _lowered(weighted, low)
+        for l0, l1 in spans(L, chunk):
+            dy_c = dy_low[..., l0:l1, :]
+            phi = taylor_features(q_low[..., l0:l1, :], form, blocks=blocks)  # (*batch, F, c)
             dweighted += phi @ dy_c
             if need_q:
-                dphi = torch.matmul(weighted, dy_c.transpose(-1, -2), out=phi)  # reuse the buffer
-                dqs[..., l0:l1, :] = taylor_features_backward(q_c, dphi, form, blocks=blocks)
+                dphi = torch.matmul(weighted_low, dy_c.transpose(-1, -2), out=phi)  # reuse the buffer
+                dqs[..., l0:l1, :] = taylor_features_backward(qs[..., l0:l1, :], dphi, form, blocks=blocks)
+        if low is not None:
+            dweighted.mul_(1 / sy)
+            if need_q:
+                dqs.mul_(1 / sy)
         dstate = dweighted.mul_(w)
         dk = torch.empty_like(k) if need_k else None
         dvp = torch.empty_like(vp) if need_v else None
         if need_k or need_v:
-            for s0, s1 in spans(k.shape[-2], chunk):
-                k_c = k[..., s0:s1, :]
-                phi = taylor_features(k_c, form, blocks=blocks)  # (*batch, F, c)
+            sz = _power_of_two_scale(dstate, low, 1.0)
+            k_low, vp_low, dstate_low = _lowered(k, low), _lowered(vp, low, S / ck), _lowered(dstate, low, sz)
+            for s0, s1 in spans(S, chunk):
+                phi = taylor_features(k_low[..., s0:s1, :], form, blocks=blocks)  # (*batch, F, c)
                 if need_v:
-                    dvp[..., s0:s1, :] = phi.transpose(-1, -2) @ dstate
+                    dvp[..., s0:s1, :] = phi.transpose(-1, -2) @ dstate_low
                 if need_k:
-                    dphi = torch.matmul(dstate, vp[..., s0:s1, :].transpose(-1, -2), out=phi)
-                    dk[..., s0:s1, :] = taylor_features_backward(k_c, dphi, form, blocks=blocks)
-        return dqs, dk, dvp, None, None, None, None, None
+                    dphi = torch.matmul(dstate_low, vp_low[..., s0:s1, :].transpose(-1, -2), out=phi)
+                    dk[..., s0:s1, :] = taylor_features_backward(k[..., s0:s1, :], dphi, form, blocks=blocks)
+            if low is not None:
+                if need_v:
+                    dvp.mul_(1 / sz)
+                if need_k:
+                    dk.mul_(ck / (S * sz))
+        return dqs, dk, dvp, None, None, None, None, None, None
 
 
 def efficient_functional(qs: Tensor, k: Tensor, vp: Tensor, coefficients, form: Form, has_key: Tensor | None) -> Tensor:
@@ -222,7 +276,9 @@ def efficient_functional(qs: Tensor, k: Tensor, vp: Tensor, coefficients, form: 
     return divide_rows(y[..., :-1], y[..., -1:], has_key)
 
 
-def efficient_attention(inp: AttentionInputs, form: Form = DEFAULT_FORM, chunk_size: int | None = None) -> Tensor:
+def efficient_attention(
+    inp: AttentionInputs, form: Form = DEFAULT_FORM, chunk_size: int | None = None, low: torch.dtype | None = None
+) -> Tensor:
     """Efficient TaylorShift on validated inputs in their compute dtype.
 
     Supports only masks that depend on the key alone (broadcastable to ``(*batch, 1, S)``).
@@ -231,6 +287,9 @@ def efficient_attention(inp: AttentionInputs, form: Form = DEFAULT_FORM, chunk_s
         inp: validated inputs (see :func:`taylorshift.ops.inputs.check_inputs`), already cast.
         form: ``"symmetric"`` (default, ``d(d+1)/2`` second-order features) or ``"full"`` (the paper's ``d²``).
         chunk_size: rows per chunk; default :func:`default_chunk_size`.
+        low: None, or ``torch.bfloat16`` / ``torch.float16`` for float32 inputs: the features and products in
+            that format, the state and the normalisation in float32 (see :class:`_StreamingEfficient`;
+            :mod:`taylorshift.ops.precision` decides). Ignored while exporting.
 
     Returns:
         ``(*batch, L, dv)`` in the compute dtype.
@@ -248,4 +307,6 @@ def efficient_attention(inp: AttentionInputs, form: Form = DEFAULT_FORM, chunk_s
     if chunk_size is None:
         chunk_size = default_chunk_size(batch, blocked_feature_dim(d, blocks))
     check_efficient_memory(batch, L, S, d, v.shape[-1], form, chunk_size, q.dtype, q.device, train=inp.needs_grad)
-    return _StreamingEfficient.apply(qs, k, vp, inp.coefficients, form, chunk_size, has_key, blocks)
+    if low is not None and q.dtype != torch.float32:
+        raise ValueError(f"low-precision products need float32 compute dtype, got {q.dtype}")
+    return _StreamingEfficient.apply(qs, k, vp, inp.coefficients, form, chunk_size, has_key, blocks, low)

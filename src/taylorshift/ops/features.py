@@ -172,7 +172,8 @@ def taylor_features_backward(
 
     Args:
         x: ``(*batch, N, d)``.
-        grad: ``(*batch, F, N)`` (feature-major, like the features).
+        grad: ``(*batch, F, N)`` (feature-major, like the features); may be in a lower precision than ``x``
+            (the result is computed in the dtype of ``x``).
         blocks: as in :func:`taylor_features`.
 
     Returns:
@@ -182,7 +183,7 @@ def taylor_features_backward(
     blocks = row_blocks(d, form) if blocks is None else blocks
     xt = x.transpose(-1, -2).contiguous()  # (*batch, d, N)
     n2 = grad.shape[-2] - d - 1
-    gx = grad[..., n2 : n2 + d, :].clone()  # first-order part, (*batch, d, N)
+    gx = grad[..., n2 : n2 + d, :].to(x.dtype, copy=True)  # first-order part, (*batch, d, N), x's dtype
     off = 0
     for o, e in blocks:  # block (i in o..e-1, j in o..d-1): ∂/∂x_i = Σ_j g_ij x_j, ∂/∂x_j += Σ_i g_ij x_i
         size = (e - o) * (d - o)
