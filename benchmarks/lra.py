@@ -199,11 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", type=int, default=2, help="runs side by side (one torch thread each)")
     p.add_argument("--runs", default=str(ROOT / "runs" / "lra"), help="run folders (outside git)")
     p.add_argument("--agreement-samples", type=int, default=1000)
-    p.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
+    p.add_argument("--doc", help="report page (default docs/results.md; budget: docs/results_budget.md)")
     args = p.parse_args(argv)
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.doc is None:
+        args.doc = str(ROOT / "docs" / ("results_budget.md" if args.protocol == "budget" else "results.md"))
     if args.tasks is None:
         args.tasks = list(TASKS[:5]) if args.protocol == "budget" else \
             ["listops_short", "pathfinder16", "text", "pixels", "fmnist_images"]
