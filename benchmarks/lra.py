@@ -30,8 +30,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ("listops", "pathfinder", "text", "pixels", "fmnist_images", "listops_short", "pathfinder16")
+TASKS = ("listops", "pathfinder", "text", "pixels", "fmnist_images", "listops_short", "pathfinder16", "fortunes-lm")
 RECIPES = ROOT / "configs" / "lra" / "recipes.yaml"
+CLASSIFIER_TASKS = ("listops", "pathfinder", "text", "pixels", "listops_short", "pathfinder16")
+
+
+def config_path(task: str) -> Path:
+    """The task's training config: configs/lra/<task>.yaml, or the language model's configs/lm/fortunes.yaml."""
+    return ROOT / "configs" / ("lm/fortunes.yaml" if task == "fortunes-lm" else f"lra/{task}.yaml")
 DEFAULT_ATTENTIONS = ("taylorshift", "softmax")
 
 
@@ -59,10 +65,11 @@ def load_recipes(path: Path = RECIPES) -> dict:
 
 
 def recipe_overrides(recipe: dict, task: str) -> list[str]:
-    """``--set`` arguments of a recipe for ``task`` (embed_std is a classifier field: the ViT task skips it)."""
+    """``--set`` arguments of a recipe for ``task`` (embed_std is a sequence-classifier field: the ViT and the
+    language model, whose embeddings already start at unit variance, skip it)."""
     out = []
     for key, value in recipe.items():
-        if task == "fmnist_images" and key.endswith("embed_std"):
+        if task not in CLASSIFIER_TASKS and key.endswith("embed_std"):
             continue
         out += ["--set", f"{key}={value}"]
     return out
@@ -103,7 +110,7 @@ def protocol_runs(protocol: str, tasks, attentions, runs: Path, settings, seeds,
                         continue
                     seen.add(d)
                     cmd = [sys.executable, "-m", "taylorshift", "train", "--config",
-                           str(ROOT / "configs" / "lra" / f"{task}.yaml"), "--attention", attention,
+                           str(config_path(task)), "--attention", attention,
                            "--seed", str(seed), "--max-steps", str(steps), "--out-dir", str(d), "--resume",
                            "--no-progress", *recipe_overrides(cfg["recipes"][rname], task)]
                     out.append((task, d, cmd))

@@ -4,6 +4,7 @@ of ``benchmarks/lra.py``."""
 from __future__ import annotations
 
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -337,6 +338,7 @@ def run_record(s: dict, protocol: str, recipe: str) -> dict:
         "peak_rss_mib": round(s.get("peak_rss_mib", 0.0), 1), "parameters": s["parameters"],
         "val_accuracy": round(100 * s["val"]["accuracy"], 3), "test_accuracy": round(100 * s["test"]["accuracy"], 3),
         "test_count": s["test"]["count"], "val_curve": curve, "torch": s.get("torch"),
+        "test_bits_per_byte": round(s["test"]["loss"] / math.log(2), 4),
     }
 
 
@@ -348,7 +350,7 @@ def collect_records(runs: Path, recipes: dict, attentions=("taylorshift", "softm
 
     from taylorshift.analysis.accuracy import majority_rate
 
-    records, tasks = [], []
+    records, tasks, lm = [], [], []
     for protocol in ("matched", "sweep"):
         for task_dir in sorted((runs / protocol).glob("*")):
             task = task_dir.name
@@ -365,7 +367,10 @@ def collect_records(runs: Path, recipes: dict, attentions=("taylorshift", "softm
                         done.add((rname, a, seed))
                         records.append(run_record(s, protocol, rname))
             matched = [r for r in records if r["protocol"] == "matched" and r["task"] == task]
-            if protocol == "matched" and matched:
+            if protocol == "matched" and matched and task == "fortunes-lm":
+                lm.append({"name": task, "runs": [{k: r[k] for k in ("attention", "seed", "steps",
+                                                                       "test_bits_per_byte")} for r in matched]})
+            elif protocol == "matched" and matched:
                 first = _summary(run_path(runs, protocol, task, matched[0]["recipe"], matched[0]["attention"],
                                           matched[0]["seed"]))
                 test = _split_labels(task, "test", first["config"], first["test"]["count"])
@@ -376,7 +381,7 @@ def collect_records(runs: Path, recipes: dict, attentions=("taylorshift", "softm
                     "majority_rate": round(majority_rate(test), 3),
                     "runs": [{k: r[k] for k in ("attention", "seed", "steps", "test_accuracy")} for r in matched],
                 })
-    summary = {"tasks": tasks, "lm": [], "protocol": {
+    summary = {"tasks": tasks, "lm": lm, "protocol": {
         "chosen_recipe": recipes["chosen"], "recipe": recipes["recipes"][recipes["chosen"]],
         "recipes": recipes["recipes"], "seeds": recipes["seeds"]}}
     return records, summary
@@ -466,6 +471,7 @@ def render_protocol_report(summary: dict, records: list, meta: dict, figs: Path 
     if pending:
         lines.append(f"\nNot finished: {', '.join(pending)}.")
     lines += ["", "Learning curves (validation accuracy per seed): `docs/results/matched_<task>.png`.", ""]
+    lines += _lm_section(summary["lm"])
     lines += _sweep_section([r for r in records if r["protocol"] == "sweep"], proto)
     if summary["tasks"]:
         lines += ["## Task sizes relative to LRA", "", "| task | stands in for | data |", "|---|---|---|"]
@@ -473,6 +479,31 @@ def render_protocol_report(summary: dict, records: list, meta: dict, figs: Path 
     lines += ["", "The same-CPU-budget comparison (the paper's efficiency argument: each model gets the same CPU "
               "time, so a faster kernel sees more steps) is `docs/results_budget.md`.", ""]
     return "\n".join(lines)
+
+
+def _lm_section(lm: list) -> list[str]:
+    """The byte-level causal LM with both attentions: test bits per byte (lower is better) over seeds."""
+    from taylorshift.analysis.accuracy import mean_std, paired_difference, verdict
+
+    lines = []
+    for t in lm:
+        by = {(r["attention"], r["seed"]): r["test_bits_per_byte"] for r in t["runs"]}
+        seeds = sorted({s for (a, s) in by if ("taylorshift", s) in by and ("softmax", s) in by})
+        lines += ["## Causal language model (bits per byte, lower is better)", ""]
+        if len(seeds) < 2:
+            lines += [f"Not finished: {t['name']} ({len(seeds)} seed pair(s)).", ""]
+            continue
+        a, b = [by[("taylorshift", s)] for s in seeds], [by[("softmax", s)] for s in seeds]
+        (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+        d = paired_difference(a, b)
+        v = verdict(paired_difference(b, a), margin=0.05)  # softmax − TaylorShift: positive = TaylorShift lower
+        steps = t["runs"][0]["steps"]
+        lines += ["| model | steps | TaylorShift | softmax | TS − softmax [95 % CI] | verdict |",
+                  "|---|---:|---:|---:|---:|---|",
+                  f"| {t['name']} (`fortunes_lm`, 512-byte context) | {steps:,} | {ma:.3f} ± {sa:.3f} | "
+                  f"{mb:.3f} ± {sb:.3f} | {d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] | {v} |", "",
+                  "Verdict margin: 0.05 bits per byte; *better* means TaylorShift's bits per byte are lower.", ""]
+    return lines
 
 
 def _sweep_section(sweep: list, proto: dict) -> list[str]:

@@ -70,3 +70,16 @@ def test_sweep_table_shares_the_softmax_run_across_temperatures():
     text = lra_report.render_protocol_report(_summary([]), records, META)
     assert "| t | taylorshift | – | 30.0 (100) |" in text
     assert "| t | softmax | 33.3 (100) | 33.3 (100) |" in text
+
+
+def test_lm_section_reads_bits_per_byte_lower_is_better():
+    lm = [{"name": "fortunes-lm", "runs": [
+        {"attention": a, "seed": i, "steps": 600, "test_bits_per_byte": v}
+        for a, vals in (("taylorshift", [2.10, 2.12, 2.11]), ("softmax", [2.30, 2.31, 2.33]))
+        for i, v in enumerate(vals)
+    ]}]
+    summary = _summary([])
+    summary["lm"] = lm
+    text = lra_report.render_protocol_report(summary, [], META)
+    row = next(ln for ln in text.splitlines() if ln.startswith("| fortunes-lm"))
+    assert "| 2.110 ± 0.010 | 2.313 ± 0.015 | -0.203 [" in row and row.endswith("| better |")
