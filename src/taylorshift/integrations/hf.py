@@ -184,7 +184,8 @@ def register(
     temperature: float = 1.0,
 ) -> str:
     """Register TaylorShift as ``attn_implementation=name`` for every transformers model that supports custom
-    attention (the attention function and its mask function).
+    attention (the attention function and its mask function), and the native ``TaylorShiftForCausalLM`` & co.
+    with the Auto classes (model type ``"taylorshift"``).
 
     Args:
         name: the implementation name to register (re-registering replaces it).
@@ -210,4 +211,6 @@ def register(
     )
     transformers.AttentionInterface.register(name, fn)
     transformers.AttentionMaskInterface.register(name, taylorshift_mask)
+    import taylorshift.integrations.hf_model  # noqa: F401  (registers the native model with the Auto classes)
+
     return name
