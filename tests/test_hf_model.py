@@ -82,6 +82,8 @@ def test_generate_with_cache_equals_greedy_without_cache():
     assert torch.equal(cached.sequences, uncached) and uncached.shape == (2, 21)
     assert isinstance(cached.cache, TaylorShiftDecodingCache)
     assert cached.cache.n_valid.tolist() == [20, 16]  # positions count the unpadded tokens
+    beams = model.generate(ids, num_beams=3, **kw)  # beam search reorders the recurrent cache
+    assert torch.equal(beams, model.generate(ids, num_beams=3, use_cache=False, **kw))
     # the padded sequence generates what it generates alone
     alone = model.generate(ids[1:, 4:], max_new_tokens=12, do_sample=False, pad_token_id=0)
     assert torch.equal(alone[0, 5:], cached.sequences[1, 9:])
