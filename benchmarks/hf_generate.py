@@ -120,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     meta.update(preset=args.preset, model=f"D={hidden} layers={layers} heads={heads} d={hidden // heads} "
                 f"intermediate={inter}", transformers_version=transformers.__version__, batch=1,
                 new_tokens=args.new_tokens, repeats=args.repeats)  # fmt: skip
-    print(f"# {meta['cpu_model']}, torch {meta['torch_version']}, transformers {transformers.__version__}, "
-          f"{args.threads} thread(s), load {meta['load_average']}")
+    print(
+        f"# {meta['cpu_model']}, torch {meta['torch_version']}, transformers {transformers.__version__}, "
+        f"{args.threads} thread(s), load {meta['load_average']}"
+    )
     print(f"{'model':<12} {'context':>8} {'ms/token':>9} {'first s':>8} {'cache MiB':>10}")
     rows, ratios = [], {}
     for context in sorted(set(args.lengths)):
@@ -152,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(out / "hf_generate.csv", meta, COLUMNS, rows)
     (out / "hf_generate.json").write_text(json.dumps({"meta": meta, "rows": rows, "summary": summary}, indent=1))
     for c, s in summary.items():
-        print(f"context {c}: TaylorShift {s['taylorshift_token_ms']:.3f} ms/token, Llama+SDPA "
-              f"{s['llama_sdpa_token_ms']:.3f} ms/token, ratio {s['ratio_llama_over_taylorshift']:.2f}")
+        print(
+            f"context {c}: TaylorShift {s['taylorshift_token_ms']:.3f} ms/token, Llama+SDPA "
+            f"{s['llama_sdpa_token_ms']:.3f} ms/token, ratio {s['ratio_llama_over_taylorshift']:.2f}"
+        )
     print(f"wrote {out / 'hf_generate.csv'} and {out / 'hf_generate.json'}")
     return 0
 
