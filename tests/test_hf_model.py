@@ -52,6 +52,8 @@ def test_config_uses_transformers_names_and_auto_classes():
     assert type(AutoModel.from_config(cfg)) is TaylorShiftModel
     assert type(AutoModelForCausalLM.from_config(cfg)) is TaylorShiftForCausalLM
     assert type(AutoModelForSequenceClassification.from_config(cfg)) is TaylorShiftForSequenceClassification
+    warm = TaylorShiftForCausalLM(_config(temperature_init=2.5))
+    assert all((b.attn.temperature == 2.5).all() for b in warm.model.blocks)
     with pytest.raises(ValueError, match="backend"):
         _config(attention_backend="fast")
     with pytest.raises(ValueError):
@@ -183,6 +185,8 @@ def test_converted_lm_generates_the_same_bytes(tmp_path):
     with torch.no_grad():
         assert rel_err(hf(prompt).logits, model(prompt)) < 1e-6
     assert torch.equal(convert_checkpoint(path).lm_head.weight, model.head.weight)
+    hot = create_model("fortunes_lm", dim=32, depth=1, num_heads=4, max_len=64, temperature_init=3.0)
+    assert from_causal_lm(hot).config.temperature_init == 3.0
     with pytest.raises(TypeError, match="CausalLM"):
         from_causal_lm(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="TaylorShift"):
