@@ -160,9 +160,10 @@ def test_sequence_classification(tmp_path):
 
 
 def _trained_lm():
-    """A tiny fortunes_lm-shaped CausalLM (byte vocabulary) with random weights."""
+    """The fortunes_lm preset (byte vocabulary, D = 128, 4 blocks of 8 heads) with random weights, LayerScale
+    raised so that attention shapes the output."""
     torch.manual_seed(3)
-    model = create_model("fortunes_lm", dim=32, depth=2, num_heads=4, head_dim=8, max_len=128).eval()
+    model = create_model("fortunes_lm").eval()
     with torch.no_grad():
         for block in model.blocks:
             block.ls1.gamma.fill_(0.3)
