@@ -52,6 +52,8 @@ def test_config_uses_transformers_names_and_auto_classes():
     assert type(AutoModel.from_config(cfg)) is TaylorShiftModel
     assert type(AutoModelForCausalLM.from_config(cfg)) is TaylorShiftForCausalLM
     assert type(AutoModelForSequenceClassification.from_config(cfg)) is TaylorShiftForSequenceClassification
+    warm = TaylorShiftForCausalLM(_config(temperature_init=2.5))
+    assert all((b.attn.temperature == 2.5).all() for b in warm.model.blocks)
     with pytest.raises(ValueError, match="backend"):
         _config(attention_backend="fast")
     with pytest.raises(ValueError):
@@ -82,6 +84,8 @@ def test_generate_with_cache_equals_greedy_without_cache():
     assert torch.equal(cached.sequences, uncached) and uncached.shape == (2, 21)
     assert isinstance(cached.cache, TaylorShiftDecodingCache)
     assert cached.cache.n_valid.tolist() == [20, 16]  # positions count the unpadded tokens
+    beams = model.generate(ids, num_beams=3, **kw)  # beam search reorders the recurrent cache
+    assert torch.equal(beams, model.generate(ids, num_beams=3, use_cache=False, **kw))
     # the padded sequence generates what it generates alone
     alone = model.generate(ids[1:, 4:], max_new_tokens=12, do_sample=False, pad_token_id=0)
     assert torch.equal(alone[0, 5:], cached.sequences[1, 9:])
@@ -156,9 +160,10 @@ def test_sequence_classification(tmp_path):
 
 
 def _trained_lm():
-    """A tiny fortunes_lm-shaped CausalLM (byte vocabulary) with random weights."""
+    """The fortunes_lm preset (byte vocabulary, D = 128, 4 blocks of 8 heads) with random weights, LayerScale
+    raised so that attention shapes the output."""
     torch.manual_seed(3)
-    model = create_model("fortunes_lm", dim=32, depth=2, num_heads=4, head_dim=8, max_len=128).eval()
+    model = create_model("fortunes_lm").eval()
     with torch.no_grad():
         for block in model.blocks:
             block.ls1.gamma.fill_(0.3)
@@ -181,6 +186,8 @@ def test_converted_lm_generates_the_same_bytes(tmp_path):
     with torch.no_grad():
         assert rel_err(hf(prompt).logits, model(prompt)) < 1e-6
     assert torch.equal(convert_checkpoint(path).lm_head.weight, model.head.weight)
+    hot = create_model("fortunes_lm", dim=32, depth=1, num_heads=4, max_len=64, temperature_init=3.0)
+    assert from_causal_lm(hot).config.temperature_init == 3.0
     with pytest.raises(TypeError, match="CausalLM"):
         from_causal_lm(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="TaylorShift"):

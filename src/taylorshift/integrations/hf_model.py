@@ -83,6 +83,7 @@ class TaylorShiftConfig(PreTrainedConfig):
         layer_scale_init: initial LayerScale value; None disables LayerScale.
         coefficients: ``(a, b, c)`` of the weight polynomial (default the Taylor-softmax ``1 + x + x²/2``).
         normalize_qk: unit q/k and a learnable per-head temperature (the paper's logits).
+        temperature_init: initial value of that temperature (the paper's 1).
         output_scale: the paper's output factor ``√(n_i/d)``.
         attention_backend: ``"auto"``, ``"direct"`` or ``"efficient"`` for the parallel (training) forward.
         initializer_range: std of the truncated-normal init of the linear layers.
@@ -102,6 +103,7 @@ class TaylorShiftConfig(PreTrainedConfig):
     layer_scale_init: float | None = 1e-4
     coefficients: list | tuple = DEFAULT_COEFFICIENTS
     normalize_qk: bool = True
+    temperature_init: float = 1.0
     output_scale: bool = True
     attention_backend: str = "auto"
     initializer_range: float = 0.02
@@ -132,6 +134,7 @@ class TaylorShiftConfig(PreTrainedConfig):
             backend=self.attention_backend,
             drop_path=self.drop_path_rate,
             layer_scale_init=self.layer_scale_init,
+            temperature_init=self.temperature_init,
             attn_kwargs={
                 "attn_drop": self.attention_dropout,
                 "coefficients": tuple(self.coefficients),
@@ -190,7 +193,8 @@ class TaylorShiftPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """The library's init: truncated-normal linear layers, unit-variance token embeddings (see
-        :class:`~taylorshift.models.CausalLM`), LayerScale at ``layer_scale_init``, temperatures 1."""
+        :class:`~taylorshift.models.CausalLM`), LayerScale at ``layer_scale_init``, temperatures at
+        ``temperature_init``."""
         if isinstance(module, (nn.Linear, nn.LayerNorm)):
             init_weights(module, std=self.config.initializer_range)
         elif isinstance(module, nn.Embedding):
@@ -198,7 +202,7 @@ class TaylorShiftPreTrainedModel(PreTrainedModel):
         elif isinstance(module, LayerScale):
             module.gamma.fill_(self.config.layer_scale_init)
         elif isinstance(module, TaylorShiftAttention) and module.temperature is not None:
-            module.temperature.fill_(1.0)
+            module.temperature.fill_(self.config.temperature_init)
         elif isinstance(module, SinusoidalPositionalEncoding):  # a fixed table (not saved): rebuild it in place
             fresh = SinusoidalPositionalEncoding(module.dim, module.max_len)
             module.pe = fresh.pe.to(module.pe.device)
@@ -370,7 +374,8 @@ def config_from_causal_lm(cfg: CausalLMConfig, **overrides: Any) -> TaylorShiftC
     if cfg.attention != "taylorshift":
         raise ValueError(f"only TaylorShift language models convert (attention={cfg.attention!r})")
     ak = dict(cfg.attn_kwargs)
-    unknown = set(ak) - {"attn_drop", "coefficients", "normalize_qk", "output_scale", "qkv_bias", "proj_drop"}
+    allowed = {"attn_drop", "coefficients", "normalize_qk", "output_scale", "qkv_bias", "proj_drop", "temperature_init"}
+    unknown = set(ak) - allowed
     if unknown or not ak.get("qkv_bias", True) or ak.get("proj_drop", 0.0):
         raise ValueError(f"attention options {sorted(ak)} have no TaylorShiftConfig field")
     hidden = max(1, round(cfg.dim * cfg.mlp_ratio))
@@ -387,6 +392,7 @@ def config_from_causal_lm(cfg: CausalLMConfig, **overrides: Any) -> TaylorShiftC
         layer_scale_init=cfg.layer_scale_init,
         coefficients=list(ak.get("coefficients", DEFAULT_COEFFICIENTS)),
         normalize_qk=ak.get("normalize_qk", True),
+        temperature_init=ak.get("temperature_init", cfg.temperature_init),
         output_scale=ak.get("output_scale", True),
         attention_backend=cfg.backend,
         **overrides,

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from taylorshift.ops import DEFAULT_COEFFICIENTS, check_coefficients, taylor_shift_attention
 from taylorshift.ops.causal import TaylorShiftState
+from taylorshift.ops.common import exporting
 from taylorshift.ops.inputs import check_backend, compute_dtype
 
 
@@ -100,10 +101,20 @@ class TaylorShiftCache:
         self.n_valid.zero_()
 
 
-@functools.lru_cache(maxsize=16)
-def _value_slot(device: torch.device) -> Tensor:
-    """``(3, 1, 1)`` bool, True for the value slot of the ``(B, N, 3, H, d)`` projections (made once per device)."""
+def _make_value_slot(device: torch.device) -> Tensor:
     return torch.tensor([False, False, True], device=device).view(3, 1, 1)
+
+
+_cached_value_slot = functools.lru_cache(maxsize=16)(_make_value_slot)
+
+
+def _value_slot(device: torch.device) -> Tensor:
+    """``(3, 1, 1)`` bool, True for the value slot of the ``(B, N, 3, H, d)`` projections: made once per device
+    in eager mode, afresh while tracing (a tensor made under ``torch.export`` or ``torch.compile`` is a fake one
+    and must not be kept)."""
+    if exporting() or torch.compiler.is_compiling():
+        return _make_value_slot(device)
+    return _cached_value_slot(device)
 
 
 class TaylorShiftAttention(nn.Module):

@@ -418,13 +418,22 @@ def _check_padding_mask(mask: object, q: Tensor) -> Tensor | None:
     return ~mask
 
 
-@functools.lru_cache(maxsize=64)
-def _step_constants(d: int, form: Form, coefficients: tuple[float, float, float], dtype: torch.dtype,
-                    device: torch.device, leading: tuple[int, ...]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """Feature weights ``w (F,)`` and the pair indices expanded to ``(*leading, F)`` of a single-token call, made
-    once per configuration (a step then creates no tensor but its results). Never modified by the callers."""
+def _make_step_constants(d: int, form: Form, coefficients: tuple[float, float, float], dtype: torch.dtype,
+                         device: torch.device, leading: tuple[int, ...]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     w = feature_weights(d, form, coefficients, dtype=dtype, device=device)
-    return w, expand_pairs(augmented_pairs(d, form, device), leading)
+    return w, expand_pairs(augmented_pairs.__wrapped__(d, form, device), leading)
+
+
+_cached_step_constants = functools.lru_cache(maxsize=64)(_make_step_constants)
+
+
+def _step_constants(d, form, coefficients, dtype, device, leading) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Feature weights ``w (F,)`` and the pair indices expanded to ``(*leading, F)`` of a single-token call: made
+    once per configuration in eager mode (a step then creates no tensor but its results; callers never modify
+    them), afresh under ``torch.compile`` (a tensor made while compiling is a fake one and must not be kept)."""
+    if torch.compiler.is_compiling():
+        return _make_step_constants(d, form, coefficients, dtype, device, leading)
+    return _cached_step_constants(d, form, coefficients, dtype, device, leading)
 
 
 def _step(qs: Tensor, k: Tensor, v: Tensor, sums: Tensor, keep: Tensor | None, coefficients, form: Form,
