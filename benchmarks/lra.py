@@ -7,6 +7,9 @@ Three protocols (``--protocol``):
   (``seeds``), with the recipe named there (``chosen``). Runs: ``<runs>/matched/<task>/<recipe>/<attention>-s<seed>``.
 - ``sweep``: the recipes of ``configs/lra/recipes.yaml`` (``--settings`` to pick some), seed 0, judged on the
   validation split, to choose the recipe. Runs: ``<runs>/sweep/<task>/<recipe>/<attention>-s0``.
+- ``embed``: TaylorShift with the convolutional token embedding (``embed=conv``), same steps and seeds as its
+  matched runs with the linear embedding (the paper's question: do convolutional embeddings help?). Runs:
+  ``<runs>/embed/<task>/<recipe>/taylorshift-s<seed>``.
 - ``budget`` (the paper's efficiency view): the same CPU time per run, seed 0. Runs: ``<runs>/<task>-<attention>``.
 
     python benchmarks/lra.py --protocol sweep --tasks listops_short --settings paper emb1-ls0.1-tau4
@@ -93,11 +96,17 @@ def run_path(runs: Path, protocol: str, task: str, recipe: str, attention: str, 
 def protocol_runs(protocol: str, tasks, attentions, runs: Path, settings, seeds, steps_override) -> list[tuple]:
     """``(task, out_dir, command)`` of every run of the matched or sweep protocol."""
     cfg = load_recipes()
-    names = [cfg["chosen"]] if protocol == "matched" else (settings or list(cfg["recipes"]))
+    names = [cfg["chosen"]] if protocol in ("matched", "embed") else (settings or list(cfg["recipes"]))
+    extra = []
+    if protocol == "embed":  # TaylorShift with the convolutional embedding, vs its linear-embedding matched runs
+        attentions, extra = ["taylorshift"], ["--set", "model_overrides.embed=conv"]
+        bad = [t for t in tasks if t not in CLASSIFIER_TASKS]
+        if bad:
+            raise SystemExit(f"--protocol embed compares token embeddings of the sequence classifiers; not {bad}")
     unknown = [n for n in names if n not in cfg["recipes"]]
     if unknown:
         raise SystemExit(f"unknown recipe(s) {unknown}; {RECIPES} has {sorted(cfg['recipes'])}")
-    seeds = seeds if seeds is not None else (cfg["seeds"] if protocol == "matched" else [0])
+    seeds = seeds if seeds is not None else (cfg["seeds"] if protocol in ("matched", "embed") else [0])
     out, seen = [], set()
     for task in tasks:
         steps = steps_override or cfg["steps"][task]
@@ -112,7 +121,7 @@ def protocol_runs(protocol: str, tasks, attentions, runs: Path, settings, seeds,
                     cmd = [sys.executable, "-m", "taylorshift", "train", "--config",
                            str(config_path(task)), "--attention", attention,
                            "--seed", str(seed), "--max-steps", str(steps), "--out-dir", str(d), "--resume",
-                           "--no-progress", *recipe_overrides(cfg["recipes"][rname], task)]
+                           "--no-progress", *recipe_overrides(cfg["recipes"][rname], task), *extra]
                     out.append((task, d, cmd))
     return out
 
@@ -191,8 +200,9 @@ def agreement_all(tasks, runs: Path, samples: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--protocol", choices=("matched", "sweep", "budget"), default="matched",
-                   help="matched steps (primary), recipe sweep on validation, or same CPU budget (default matched)")
+    p.add_argument("--protocol", choices=("matched", "sweep", "embed", "budget"), default="matched",
+                   help="matched steps (primary), recipe sweep on validation, convolutional vs linear embedding "
+                   "(TaylorShift, matched steps), or same CPU budget (default matched)")
     p.add_argument("--phase", choices=("all", "train", "agreement", "report"), default="all")
     p.add_argument("--tasks", nargs="+", default=None, choices=TASKS,
                    help="default: listops_short pathfinder16 text pixels fmnist_images (matched, sweep) or the "

@@ -83,3 +83,15 @@ def test_lm_section_reads_bits_per_byte_lower_is_better():
     text = lra_report.render_protocol_report(summary, [], META)
     row = next(ln for ln in text.splitlines() if ln.startswith("| fortunes-lm"))
     assert "| 2.110 ± 0.010 | 2.313 ± 0.015 | -0.203 [" in row and row.endswith("| better |")
+
+
+def test_embedding_section_pairs_conv_with_the_linear_matched_runs():
+    def rec(protocol, seed, acc):
+        return {"protocol": protocol, "task": "pixels", "attention": "taylorshift", "seed": seed, "steps": 100,
+                "test_accuracy": acc, "recipe": "r"}
+
+    records = [rec("matched", s, a) for s, a in enumerate([50.0, 51.0, 52.0])]
+    records += [rec("embed", s, a) for s, a in enumerate([60.0, 61.5, 62.0])]
+    text = lra_report.render_protocol_report(_summary([]), records, META)
+    row = next(ln for ln in text.splitlines() if ln.startswith("| pixels | 100"))
+    assert "| 51.00 ± 1.00 | 61.17 ± 1.04 | +10.17 [" in row and row.endswith("| better |")
