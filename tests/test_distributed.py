@@ -1,0 +1,177 @@
+"""Sequence parallelism (taylorshift.distributed) with 2 and 3 gloo processes on CPU: outputs and gradients equal
+the single-process op on the concatenated sequence (float64 to 1e-10, float32 to 1e-5), causal and not, with key
+padding, unequal and empty shards; bad inputs raise the same clear error on every rank."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from taylorshift import taylor_shift_attention
+from taylorshift.distributed import sequence_parallel_attention
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built in")
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+N, D, DV = 19, 6, 5
+# shard lengths per world size: unequal, and (3 ranks) an empty middle shard
+SHARDS = {2: (8, 11), 3: (7, 0, 12)}
+
+
+def _init(rank: int, world: int, rendezvous: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+
+
+def _inputs(dtype: torch.dtype, masked: bool, seed: int):
+    """Full-sequence q, k, v (2, 3, N, ·), a key mask (2, 1, 1, N) or None, a per-head scale and an upstream
+    gradient, identical on every rank."""
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(2, 3, N, D, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(2, 3, N, DV, generator=g, dtype=torch.float64)
+    grad = torch.randn(2, 3, N, DV, generator=g, dtype=torch.float64)
+    scale = (0.5 + torch.rand(3, 1, 1, generator=g, dtype=torch.float64)).to(dtype)
+    mask = None
+    if masked:  # batch 0: padding at the end; batch 1: the first 9 positions masked (the causal rows see none)
+        mask = torch.ones(2, 1, 1, N, dtype=torch.bool)
+        mask[0, ..., N - 6 :] = False
+        mask[1, ..., :9] = False
+    return q.to(dtype), k.to(dtype), v.to(dtype), mask, scale, grad.to(dtype)
+
+
+def _leaf(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().clone().requires_grad_(True)
+
+
+def _compare(rank: int, world: int, dtype, causal: bool, masked: bool, seed: int) -> dict:
+    """Max abs difference of this rank's output and input gradients (and the all-reduced scale gradient) to the
+    single-process op, and the size of the reference."""
+    q, k, v, mask, scale, grad = _inputs(dtype, masked, seed)
+    ref_in = [_leaf(t) for t in (q, k, v, scale)]
+    ref = taylor_shift_attention(*ref_in[:3], attn_mask=mask, is_causal=causal, scale=ref_in[3], backend="efficient")
+    (ref * grad).sum().backward()
+    lengths = SHARDS[world]
+    lo = sum(lengths[:rank])
+    hi = lo + lengths[rank]
+    part = [_leaf(t[..., lo:hi, :]) for t in (q, k, v)]
+    s = _leaf(scale)
+    out = sequence_parallel_attention(
+        *part, group=None, is_causal=causal, scale=s, attn_mask=None if mask is None else mask[..., lo:hi]
+    )
+    (out * grad[..., lo:hi, :]).sum().backward()
+    ds = s.grad.clone()
+    dist.all_reduce(ds)  # each rank holds its queries' share of the replicated scale's gradient
+    pairs = [(out, ref[..., lo:hi, :])] + [(p.grad, r.grad[..., lo:hi, :]) for p, r in zip(part, ref_in, strict=False)]
+    pairs.append((ds, ref_in[3].grad))
+    return {
+        "err": max(float((a - b).detach().abs().max()) if b.numel() else 0.0 for a, b in pairs),
+        "size": max(float(b.detach().abs().max()) if b.numel() else 0.0 for _, b in pairs),
+        "dtype": str(out.dtype),
+    }
+
+
+def _errors(rank: int, world: int) -> dict:
+    """The message each bad call raises on this rank (every rank must raise)."""
+    q = torch.randn(2, 3, 4, D, dtype=torch.float64)
+    found = {}
+    cases = {
+        # rank 1's shard has another batch size
+        "batch": lambda: sequence_parallel_attention(
+            q[:1] if rank == 1 else q, q[:1] if rank == 1 else q, q[:1] if rank == 1 else q
+        ),
+        # rank 0's shard has another head count
+        "heads": lambda: sequence_parallel_attention(
+            q[:, :2] if rank == 0 else q, q[:, :2] if rank == 0 else q, q[:, :2] if rank == 0 else q
+        ),
+        # the last rank passes a mask that is not a key mask: rejected there, every rank stops
+        "mask": lambda: sequence_parallel_attention(
+            q, q, q, attn_mask=torch.ones(4, 4, dtype=torch.bool) if rank == world - 1 else None
+        ),
+        # causal shards need L == S on every rank
+        "causal_lengths": lambda: sequence_parallel_attention(
+            q, q[..., :3, :] if rank == 0 else q, q[..., :3, :] if rank == 0 else q, is_causal=True
+        ),
+    }
+    for name, call in cases.items():
+        try:
+            call()
+            found[name] = None
+        except (ValueError, TypeError) as err:
+            found[name] = f"{type(err).__name__}: {err}"
+    return found
+
+
+def _worker(rank: int, world: int, rendezvous: str, out_dir: str) -> None:
+    _init(rank, world, rendezvous)
+    results = {"errors": _errors(rank, world)}
+    for dtype in (torch.float64, torch.float32):
+        for causal in (False, True):
+            for masked in (False, True):
+                kind = f"{'causal' if causal else 'full'}-{'mask' if masked else 'nomask'}"
+                name = f"{str(dtype).removeprefix('torch.')}-{kind}"
+                results[name] = _compare(rank, world, dtype, causal, masked, seed=zlib.crc32(name.encode()) % 1000)
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+def run_spawned(fn, world: int, tmp_path: Path, *args) -> list[dict]:
+    """Run ``fn(rank, world, rendezvous_file, out_dir, *args)`` in ``world`` spawned processes; their
+    ``rank{r}.json``."""
+    out = tmp_path / f"w{world}"
+    out.mkdir()
+    mp.spawn(fn, args=(world, str(tmp_path / f"rdv{world}"), str(out), *args), nprocs=world, join=True)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2ranks", "3ranks"])
+def results(request, tmp_path_factory) -> list[dict]:
+    return run_spawned(_worker, request.param, tmp_path_factory.mktemp("sp"))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("causal", ["full", "causal"])
+@pytest.mark.parametrize("masked", ["nomask", "mask"])
+def test_matches_single_process(results, dtype, causal, masked):
+    tol = TOL[getattr(torch, dtype)]
+    for rank, r in enumerate(results):
+        case = r[f"{dtype}-{causal}-{masked}"]
+        assert case["dtype"] == f"torch.{dtype}"
+        assert case["size"] > 0.1  # the comparison is not vacuous
+        assert case["err"] <= tol * max(1.0, case["size"]), (rank, case)
+
+
+def test_bad_shards_raise_on_every_rank(results):
+    needles = {
+        "batch": ["batch (1, 3)", "batch (2, 3)"],
+        "heads": ["batch (2, 2)"],
+        "mask": ["rejected their inputs", "key-padding masks"],
+        "causal_lengths": ["L == S", "L=4, S=3"],
+    }
+    world = len(results)
+    for rank, r in enumerate(results):
+        for name, message in r["errors"].items():
+            assert message is not None and message.startswith("ValueError"), (rank, name, message)
+            wanted = needles[name]
+            if name == "mask":  # the rejecting rank names its own problem, the others point to it
+                wanted = wanted[1:] if rank == world - 1 else wanted[:1]
+            assert all(w in message for w in wanted), (rank, name, message)
+
+
+def test_without_initialised_process_group_raises():
+    assert not dist.is_initialized()
+    q = torch.randn(1, 4, 3)
+    with pytest.raises(ValueError, match=r"group: torch.distributed has no initialised.*init_process_group"):
+        sequence_parallel_attention(q, q, q)
+
+
+def test_bad_group_type(monkeypatch):
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    q = torch.randn(1, 4, 3)
+    with pytest.raises(TypeError, match="group must be a torch.distributed.ProcessGroup"):
+        sequence_parallel_attention(q, q, q, group="world")
