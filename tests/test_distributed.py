@@ -107,9 +107,50 @@ def _errors(rank: int, world: int) -> dict:
     return found
 
 
+def _model_case(rank: int, world: int, name: str) -> dict:
+    """A tiny classifier (padding, non-causal) or LM (causal) in float64: this rank's logits and the parameter
+    gradients summed over ranks against the whole sequence in one process."""
+    from taylorshift.distributed import set_sequence_parallel, split_sequence
+    from taylorshift.models import create_model
+
+    torch.manual_seed(0)
+    small = dict(depth=2, dim=16, num_heads=2, drop_path=0.0, temperature_init=2.0)
+    if name == "classifier":
+        model = create_model("listops_cpu", **small).double()
+        ids = torch.randint(0, 17, (2, N))
+        pad = torch.zeros(2, N, dtype=torch.bool)
+        pad[1, N - 5 :] = True
+    else:
+        model = create_model("fortunes_lm", **small).double()
+        ids, pad = torch.randint(0, 64, (2, N)), None
+    call = (lambda m, x, p: m(x, key_padding_mask=p)) if name == "classifier" else (lambda m, x, p: m(x))
+    ref = call(model, ids, pad)
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (ref * g).sum().backward()
+    ref_grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    set_sequence_parallel(model)
+    lengths = [t.shape[1] for t in torch.tensor_split(ids, world, dim=1)]
+    lo = sum(lengths[:rank])
+    out = call(model, split_sequence(ids, rank, world), split_sequence(pad, rank, world))
+    if name == "classifier":  # every rank has the logits of the whole sequence: each backpropagates its share
+        err = float((out - ref).detach().abs().max())
+        (out * g / world).sum().backward()
+    else:
+        err = float((out - ref[:, lo : lo + out.shape[1]]).detach().abs().max())
+        (out * g[:, lo : lo + out.shape[1]]).sum().backward()
+    for k, p in model.named_parameters():
+        grad = torch.zeros_like(p) if p.grad is None else p.grad
+        dist.all_reduce(grad)
+        err = max(err, float((grad - ref_grads[k]).abs().max()))
+    return {"err": err, "size": float(ref.abs().max()), "dtype": str(out.dtype)}
+
+
 def _worker(rank: int, world: int, rendezvous: str, out_dir: str) -> None:
     _init(rank, world, rendezvous)
     results = {"errors": _errors(rank, world)}
+    for name in ("classifier", "lm"):
+        results[name] = _model_case(rank, world, name)
     for dtype in (torch.float64, torch.float32):
         for causal in (False, True):
             for masked in (False, True):
@@ -144,6 +185,14 @@ def test_matches_single_process(results, dtype, causal, masked):
         assert case["dtype"] == f"torch.{dtype}"
         assert case["size"] > 0.1  # the comparison is not vacuous
         assert case["err"] <= tol * max(1.0, case["size"]), (rank, case)
+
+
+@pytest.mark.parametrize("name", ["classifier", "lm"])
+def test_models_match_single_process(results, name):
+    """Logits and every parameter's gradient (summed over ranks) of a 2-block model equal the whole sequence's."""
+    for rank, r in enumerate(results):
+        assert r[name]["size"] > 0.1
+        assert r[name]["err"] <= 1e-10 * max(1.0, r[name]["size"]), (rank, r[name])
 
 
 def test_bad_shards_raise_on_every_rank(results):
