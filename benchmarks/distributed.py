@@ -19,7 +19,7 @@ Three parts, written to ``--out`` (JSON with machine, versions and threads; CSV;
 
     python benchmarks/distributed.py                                  # ~5 min on 2 quiet cores
     python benchmarks/distributed.py --lengths 256 --repeats 2 --out /tmp/dist   # a smoke run, ~30 s
-    python benchmarks/distributed.py --model-only                      # the bytes table only
+    python benchmarks/distributed.py --model-only                      # the bytes table and plot only
 """
 
 from __future__ import annotations
@@ -231,13 +231,15 @@ def project(args: argparse.Namespace, measured: list[dict]) -> list[dict]:
     return rows
 
 
-def plot(table: list[dict], projected: list[dict], args: argparse.Namespace, path: Path) -> None:
+def plot(projected: list[dict] | None, args: argparse.Namespace, path: Path) -> None:
+    """Bytes per rank against N (8 ranks); with ``projected``, also the projected step time against the ranks."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 1 if projected is None else 2, figsize=(5.5 if projected is None else 11, 4.2))
+    a = axes if projected is None else axes[0]
     ns = [2**k for k in range(10, 18)]
     for s in SCHEMES:
         a.plot(
@@ -251,6 +253,12 @@ def plot(table: list[dict], projected: list[dict], args: argparse.Namespace, pat
         title=f"communication, 8 ranks (H={args.heads}, d={args.head_dim}, fp32)",
     )
     a.legend(fontsize=8)
+    if projected is None:
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return
+    b = axes[1]
     n = max(args.model_lengths)
     for i, scheme in enumerate(SCHEMES):
         pts = [r for r in projected if r["n"] == n and r["scheme"] == scheme]
@@ -310,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     (out / "bytes.md").write_text(md + "\n")
     if args.model_only:
+        plot(None, args, out / "bytes.png")
         return 0
     meta = collect_metadata("cpu", "float32", command=sys.argv)
     meta.update(threads_per_process=args.threads, world=args.world)
@@ -324,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             {"meta": meta, "args": vars(args), "bytes": table, "measured": measured, "projected": projected}, indent=1
         )
     )
-    plot(table, projected, args, out / "distributed.png")
+    plot(projected, args, out / "distributed.png")
     print("\n| attention | N | causal | processes | ms/step | payload B/step |\n|---|---|---|---|---|---|")
     for r in measured:
         print(
