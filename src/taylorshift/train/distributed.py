@@ -81,8 +81,10 @@ def new_groups(info: DistInfo, size: int) -> tuple[object, int, int]:
     (``torch.distributed.group.WORLD`` when there is one group), the group's index and the number of groups. Every
     process must call it (``new_group`` is collective)."""
     if info.world_size % size:
-        raise ValueError(f"sequence_parallel ({size}) must divide the number of processes ({info.world_size}); "
-                         f"launch with torchrun --nproc_per_node a multiple of {size}")
+        raise ValueError(
+            f"sequence_parallel ({size}) must divide the number of processes ({info.world_size}); "
+            f"launch with torchrun --nproc_per_node a multiple of {size}"
+        )
     count = info.world_size // size
     mine = dist.group.WORLD
     if count > 1:
@@ -105,5 +107,5 @@ def sum_gradients(info: DistInfo, params: list[torch.nn.Parameter], divisor: flo
     offset = 0
     for p, g in zip(params, grads, strict=True):
         n = g.numel()
-        p.grad = flat[offset: offset + n].view_as(p).clone()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
