@@ -229,19 +229,21 @@ def test_bad_group_type(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ trainer
-def _train_worker(rank: int, world: int, rendezvous: str, out_dir: str, port: int, config: dict) -> None:
-    """One process of ``taylorshift train`` as torchrun starts it (environment variables, env:// rendezvous)."""
+def _train_worker(rank: int, world: int, rendezvous: str, out_dir: str, ports: list, configs: list) -> None:
+    """One process of ``taylorshift train`` as torchrun starts it (environment variables, env:// rendezvous),
+    for each config in turn."""
     from taylorshift.train import TrainConfig, train
 
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        OMP_NUM_THREADS="1",
-    )
-    train(TrainConfig(**config))
+    for port, config in zip(ports, configs, strict=True):
+        os.environ.update(
+            RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
+        )
+        train(TrainConfig(**config))
     Path(out_dir, f"rank{rank}.json").write_text("{}")
 
 
@@ -252,61 +254,77 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def listops_dir(tmp_path_factory) -> str:
-    """A tiny ListOps cache: 48/8/8 expressions of 20-60 tokens (padded batches)."""
+def data_dir(tmp_path_factory) -> str:
+    """A tiny cache: ListOps 48/8/8 expressions of 20-60 tokens (padded batches) and fortunes-lm from a small
+    corpus written here."""
     from taylorshift.data import get_task
 
     root = tmp_path_factory.mktemp("data")
     get_task("listops").prepare(root, size=48, val_size=8, test_size=8, min_length=20, max_length=60)
+    corpus = root / "corpus"
+    corpus.mkdir()
+    entries = [f"Fortune {i}: {'ab' * (i % 9)} and that is all.\n".encode() for i in range(200)]
+    (corpus / "topic").write_bytes(b"%\n".join(entries))
+    get_task("fortunes-lm").prepare(root, source=corpus)
     return str(root)
 
 
-def _train_config(data_dir: str, out: Path, **kw) -> dict:
+SMALL = {"depth": 2, "dim": 32, "num_heads": 2, "head_dim": 16, "drop_path": 0.0}
+
+
+def _train_config(data_dir: str, out: Path, task: str = "listops", **kw) -> dict:
     base = dict(
-        task="listops",
-        model="listops_cpu",
+        task=task,
         cache_dir=data_dir,
         out_dir=str(out),
         max_steps=5,
-        batch_size=4,
+        batch_size=3,
         warmup_steps=1,
         lr=3e-3,
         log_every=1,
         eval_samples=8,
         threads=1,
         progress=False,
-        model_overrides={"depth": 2, "dim": 32, "num_heads": 2, "head_dim": 16, "drop_path": 0.0},
+        model_overrides=SMALL,
     )
+    if task == "fortunes-lm":  # odd length: unequal shards; fixed windows (no random offsets)
+        base.update(model_overrides=SMALL | {"max_len": 64}, data_options={"seq_len": 31, "random_offset": False})
     return base | kw
 
 
-def test_trainer_sequence_parallel_matches_one_process(listops_dir, tmp_path):
-    """``--sequence-parallel 2`` on 2 processes (every example's sequence split in two, padding included) follows
-    the loss curve of one process: 5 steps of AdamW within 1e-4 relative (float32 summation order)."""
+def test_trainer_sequence_parallel_matches_one_process(data_dir, tmp_path):
+    """``--sequence-parallel 2`` on 2 processes (every example's sequence split in two: a classifier with padded
+    batches, an LM on 31 tokens) follows the loss curve of one process: 5 steps of AdamW within 1e-4 relative
+    (float32 summation order). The odd batch size could not be split by data parallelism, so the run is sequence
+    parallel."""
     from taylorshift.train import TrainConfig, train
     from taylorshift.train.metrics import read_metrics
 
-    train(TrainConfig(**_train_config(listops_dir, tmp_path / "one")))
-    run_spawned(
-        _train_worker, 2, tmp_path, _free_port(), _train_config(listops_dir, tmp_path / "two", sequence_parallel=2)
-    )
-    rows = [
-        [r for r in read_metrics(tmp_path / run / "metrics.csv") if r["split"] == "train"] for run in ("one", "two")
-    ]
-    assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == [str(s) for s in range(1, 6)]
-    losses = [[float(r["loss"]) for r in run] for run in rows]
-    assert losses[0][0] != losses[0][-1]  # it trains
-    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
-    assert [r["accuracy"] for r in rows[1]] == [r["accuracy"] for r in rows[0]]
-    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["val"]["count"] == 8
+    tasks = ("listops", "fortunes-lm")
+    for task in tasks:
+        train(TrainConfig(**_train_config(data_dir, tmp_path / f"one-{task}", task)))
+    configs = [_train_config(data_dir, tmp_path / f"two-{task}", task, sequence_parallel=2) for task in tasks]
+    run_spawned(_train_worker, 2, tmp_path, [_free_port() for _ in tasks], configs)
+    for task in tasks:
+        rows = [
+            [r for r in read_metrics(tmp_path / f"{run}-{task}" / "metrics.csv") if r["split"] == "train"]
+            for run in ("one", "two")
+        ]
+        assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == [str(s) for s in range(1, 6)], task
+        losses = [[float(r["loss"]) for r in run] for run in rows]
+        assert losses[0][0] != losses[0][-1]  # it trains
+        assert losses[1] == pytest.approx(losses[0], rel=1e-4), task
+        accuracy = [[float(r["accuracy"]) for r in run] for run in rows]
+        assert accuracy[1] == pytest.approx(accuracy[0], abs=1e-6), task
+        summary = json.loads((tmp_path / f"two-{task}" / "summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["val"]["count"] > 0
 
 
-def test_trainer_sequence_parallel_errors(listops_dir, tmp_path):
+def test_trainer_sequence_parallel_errors(data_dir, tmp_path):
     from taylorshift.train import TrainConfig, Trainer
     from taylorshift.train.config import ConfigError
 
     with pytest.raises(ValueError, match=r"sequence_parallel=2 needs 2 or a multiple of 2 processes.*torchrun"):
-        Trainer(TrainConfig(**_train_config(listops_dir, tmp_path / "a", sequence_parallel=2)))
+        Trainer(TrainConfig(**_train_config(data_dir, tmp_path / "a", sequence_parallel=2)))
     with pytest.raises(ConfigError, match="sequence_parallel must be an int >= 1"):
-        TrainConfig(**_train_config(listops_dir, tmp_path / "b", sequence_parallel=0))
+        TrainConfig(**_train_config(data_dir, tmp_path / "b", sequence_parallel=0))
