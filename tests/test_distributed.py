@@ -328,3 +328,20 @@ def test_trainer_sequence_parallel_errors(data_dir, tmp_path):
         Trainer(TrainConfig(**_train_config(data_dir, tmp_path / "a", sequence_parallel=2)))
     with pytest.raises(ConfigError, match="sequence_parallel must be an int >= 1"):
         TrainConfig(**_train_config(data_dir, tmp_path / "b", sequence_parallel=0))
+
+
+@pytest.mark.slow
+def test_trainer_sequence_and_data_parallel(data_dir, tmp_path):
+    """4 processes as 2 data-parallel groups of 2 sequence-parallel ranks (global batch 4 = 2 groups x 2 examples)
+    follow the loss curve of one process within 1e-4 relative."""
+    from taylorshift.train import TrainConfig, train
+    from taylorshift.train.metrics import read_metrics
+
+    train(TrainConfig(**_train_config(data_dir, tmp_path / "one", batch_size=4)))
+    config = _train_config(data_dir, tmp_path / "four", batch_size=4, sequence_parallel=2)
+    run_spawned(_train_worker, 4, tmp_path, [_free_port()], [config])
+    losses = [
+        [float(r["loss"]) for r in read_metrics(tmp_path / run / "metrics.csv") if r["split"] == "train"]
+        for run in ("one", "four")
+    ]
+    assert len(losses[0]) == 5 and losses[1] == pytest.approx(losses[0], rel=1e-4)
