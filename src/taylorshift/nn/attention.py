@@ -138,6 +138,9 @@ class TaylorShiftAttention(nn.Module):
         causal: position ``i`` attends only to positions ``j <= i``; the output factor is then ``√(n_i/d)``
             per row, ``n_i`` = number of valid positions ``j <= i``. Enables :meth:`new_cache`,
             :meth:`prefill` and :meth:`step`.
+        sequence_group: a ``torch.distributed`` process group (or the attribute of the same name, set by
+            :func:`taylorshift.distributed.set_sequence_parallel`): ``forward`` then gets this rank's contiguous part
+            of each sequence and attends over the whole sequence (:mod:`taylorshift.distributed.models`).
 
     Shapes:
         ``forward(x, key_padding_mask=None)``: ``x (B, N, C)`` → ``(B, N, C)``. ``key_padding_mask`` is a
@@ -169,8 +172,10 @@ class TaylorShiftAttention(nn.Module):
         backend: str = "auto",
         causal: bool = False,
         temperature_init: float = 1.0,
+        sequence_group: object = None,
     ) -> None:
         super().__init__()
+        self.sequence_group = sequence_group  # sequence parallelism: see taylorshift.distributed.models
         if isinstance(temperature_init, bool) or not isinstance(temperature_init, (int, float)) or not (
             math.isfinite(temperature_init) and temperature_init > 0
         ):
@@ -262,6 +267,10 @@ class TaylorShiftAttention(nn.Module):
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """``x (B, N, C)``, ``key_padding_mask (B, N)`` bool with True = padding → ``(B, N, C)``."""
         check_forward_args(x, key_padding_mask, self.dim)
+        if self.sequence_group is not None:  # x is this rank's part of the sequence
+            from taylorshift.distributed.models import sequence_parallel_forward
+
+            return sequence_parallel_forward(self, x, key_padding_mask)
         B, N, _ = x.shape
         q, k, v, scale = self._project(x)
         out = taylor_shift_attention(
