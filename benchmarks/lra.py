@@ -7,6 +7,9 @@ Three protocols (``--protocol``):
   (``seeds``), with the recipe named there (``chosen``). Runs: ``<runs>/matched/<task>/<recipe>/<attention>-s<seed>``.
 - ``sweep``: the recipes of ``configs/lra/recipes.yaml`` (``--settings`` to pick some), seed 0, judged on the
   validation split, to choose the recipe. Runs: ``<runs>/sweep/<task>/<recipe>/<attention>-s0``.
+- ``embed``: TaylorShift with the convolutional token embedding (``embed=conv``), same steps and seeds as its
+  matched runs with the linear embedding (the paper's question: do convolutional embeddings help?). Runs:
+  ``<runs>/embed/<task>/<recipe>/taylorshift-s<seed>``.
 - ``budget`` (the paper's efficiency view): the same CPU time per run, seed 0. Runs: ``<runs>/<task>-<attention>``.
 
     python benchmarks/lra.py --protocol sweep --tasks listops_short --settings paper emb1-ls0.1-tau4
@@ -30,8 +33,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ("listops", "pathfinder", "text", "pixels", "fmnist_images", "listops_short", "pathfinder16")
+TASKS = ("listops", "pathfinder", "text", "pixels", "fmnist_images", "listops_short", "pathfinder16", "fortunes-lm")
 RECIPES = ROOT / "configs" / "lra" / "recipes.yaml"
+CLASSIFIER_TASKS = ("listops", "pathfinder", "text", "pixels", "listops_short", "pathfinder16")
+
+
+def config_path(task: str) -> Path:
+    """The task's training config: configs/lra/<task>.yaml, or the language model's configs/lm/fortunes.yaml."""
+    return ROOT / "configs" / ("lm/fortunes.yaml" if task == "fortunes-lm" else f"lra/{task}.yaml")
 DEFAULT_ATTENTIONS = ("taylorshift", "softmax")
 
 
@@ -59,10 +68,11 @@ def load_recipes(path: Path = RECIPES) -> dict:
 
 
 def recipe_overrides(recipe: dict, task: str) -> list[str]:
-    """``--set`` arguments of a recipe for ``task`` (embed_std is a classifier field: the ViT task skips it)."""
+    """``--set`` arguments of a recipe for ``task`` (embed_std is a sequence-classifier field: the ViT and the
+    language model, whose embeddings already start at unit variance, skip it)."""
     out = []
     for key, value in recipe.items():
-        if task == "fmnist_images" and key.endswith("embed_std"):
+        if task not in CLASSIFIER_TASKS and key.endswith("embed_std"):
             continue
         out += ["--set", f"{key}={value}"]
     return out
@@ -86,11 +96,17 @@ def run_path(runs: Path, protocol: str, task: str, recipe: str, attention: str, 
 def protocol_runs(protocol: str, tasks, attentions, runs: Path, settings, seeds, steps_override) -> list[tuple]:
     """``(task, out_dir, command)`` of every run of the matched or sweep protocol."""
     cfg = load_recipes()
-    names = [cfg["chosen"]] if protocol == "matched" else (settings or list(cfg["recipes"]))
+    names = [cfg["chosen"]] if protocol in ("matched", "embed") else (settings or list(cfg["recipes"]))
+    extra = []
+    if protocol == "embed":  # TaylorShift with the convolutional embedding, vs its linear-embedding matched runs
+        attentions, extra = ["taylorshift"], ["--set", "model_overrides.embed=conv"]
+        bad = [t for t in tasks if t not in CLASSIFIER_TASKS]
+        if bad:
+            raise SystemExit(f"--protocol embed compares token embeddings of the sequence classifiers; not {bad}")
     unknown = [n for n in names if n not in cfg["recipes"]]
     if unknown:
         raise SystemExit(f"unknown recipe(s) {unknown}; {RECIPES} has {sorted(cfg['recipes'])}")
-    seeds = seeds if seeds is not None else (cfg["seeds"] if protocol == "matched" else [0])
+    seeds = seeds if seeds is not None else (cfg["seeds"] if protocol in ("matched", "embed") else [0])
     out, seen = [], set()
     for task in tasks:
         steps = steps_override or cfg["steps"][task]
@@ -103,9 +119,9 @@ def protocol_runs(protocol: str, tasks, attentions, runs: Path, settings, seeds,
                         continue
                     seen.add(d)
                     cmd = [sys.executable, "-m", "taylorshift", "train", "--config",
-                           str(ROOT / "configs" / "lra" / f"{task}.yaml"), "--attention", attention,
+                           str(config_path(task)), "--attention", attention,
                            "--seed", str(seed), "--max-steps", str(steps), "--out-dir", str(d), "--resume",
-                           "--no-progress", *recipe_overrides(cfg["recipes"][rname], task)]
+                           "--no-progress", *recipe_overrides(cfg["recipes"][rname], task), *extra]
                     out.append((task, d, cmd))
     return out
 
@@ -184,8 +200,9 @@ def agreement_all(tasks, runs: Path, samples: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--protocol", choices=("matched", "sweep", "budget"), default="matched",
-                   help="matched steps (primary), recipe sweep on validation, or same CPU budget (default matched)")
+    p.add_argument("--protocol", choices=("matched", "sweep", "embed", "budget"), default="matched",
+                   help="matched steps (primary), recipe sweep on validation, convolutional vs linear embedding "
+                   "(TaylorShift, matched steps), or same CPU budget (default matched)")
     p.add_argument("--phase", choices=("all", "train", "agreement", "report"), default="all")
     p.add_argument("--tasks", nargs="+", default=None, choices=TASKS,
                    help="default: listops_short pathfinder16 text pixels fmnist_images (matched, sweep) or the "
@@ -199,11 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", type=int, default=2, help="runs side by side (one torch thread each)")
     p.add_argument("--runs", default=str(ROOT / "runs" / "lra"), help="run folders (outside git)")
     p.add_argument("--agreement-samples", type=int, default=1000)
-    p.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
+    p.add_argument("--doc", help="report page (default docs/results.md; budget: docs/results_budget.md)")
     args = p.parse_args(argv)
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.doc is None:
+        args.doc = str(ROOT / "docs" / ("results_budget.md" if args.protocol == "budget" else "results.md"))
     if args.tasks is None:
         args.tasks = list(TASKS[:5]) if args.protocol == "budget" else \
             ["listops_short", "pathfinder16", "text", "pixels", "fmnist_images"]

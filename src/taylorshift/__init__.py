@@ -1,7 +1,8 @@
 """taylorshift: exact TaylorShift attention (Nauen, Palacio, Dengel, ICPR 2024).
 
 ``taylor_shift_attention`` is the functional op (direct, efficient or auto backend),
-``TaylorShiftAttention`` the paper's multi-head module, ``taylorshift.analysis`` the cost model.
+``taylor_shift_causal`` its recurrent causal form with a ``CausalState``, ``TaylorShiftAttention`` the paper's
+multi-head module, ``taylorshift.analysis`` the cost model.
 
 The torch-based names are imported lazily, so ``taylorshift.analysis`` (pure Python) works without torch.
 """
@@ -14,12 +15,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY = {  # name -> module that defines it
+    "CausalState": "taylorshift.ops",
     "TaylorShiftAttention": "taylorshift.nn",
     "create_model": "taylorshift.models",
     "list_models": "taylorshift.models",
     "resolve_backend": "taylorshift.ops",
     "taylor_shift_attention": "taylorshift.ops",
     "taylor_shift_attention_reference": "taylorshift.ops",
+    "taylor_shift_causal": "taylorshift.ops",
 }
 
 __all__ = ["__version__", "analysis", *_LAZY]
@@ -29,9 +32,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from taylorshift.models import create_model, list_models  # noqa: F401
     from taylorshift.nn import TaylorShiftAttention  # noqa: F401
     from taylorshift.ops import (  # noqa: F401
+        CausalState,
         resolve_backend,
         taylor_shift_attention,
         taylor_shift_attention_reference,
+        taylor_shift_causal,
     )
 
 

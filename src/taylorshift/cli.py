@@ -57,6 +57,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "train": ("taylorshift.train.cli", "train a model on a task (resumable, CSV metrics, plots, torchrun-ready)"),
     "eval": ("taylorshift.train.eval", "evaluate a checkpoint with any backend; compare direct and efficient"),
+    "convert-hf": (
+        "taylorshift.integrations.hf_cli",
+        "convert a TaylorShift language model checkpoint into a Hugging Face transformers model folder",
+    ),
 }
 
 

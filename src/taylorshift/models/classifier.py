@@ -82,6 +82,8 @@ class SequenceClassifier(nn.Module):
         **True = padding** → logits ``(B, num_classes)``. Padded positions do not affect the logits.
     """
 
+    sequence_group = None  # a process group splitting each sequence (taylorshift.distributed.set_sequence_parallel)
+
     def __init__(self, config: SequenceClassifierConfig) -> None:
         super().__init__()
         self.config = cfg = config
@@ -108,13 +110,26 @@ class SequenceClassifier(nn.Module):
                     f"key_padding_mask must have shape (B, N) = {tuple(x.shape[:2])}, "
                     f"got {tuple(key_padding_mask.shape)}"
                 )
-        tokens = self.pos(self.embed(x, key_padding_mask))  # (B, N, D)
-        B = tokens.shape[0]
-        h = torch.cat([self.cls_token.expand(B, -1, -1).to(tokens.dtype), tokens], dim=1)  # (B, 1+N, D)
-        mask = None if key_padding_mask is None else F.pad(key_padding_mask, (1, 0), value=False)  # (B, 1+N)
+        group, offset, first = self.sequence_group, 0, True
+        if group is not None:  # sequence parallel: x is this rank's part; CLS on rank 0 (taylorshift.distributed)
+            from taylorshift.distributed import shard_layout
+
+            layout = shard_layout(x.shape[1], group, x.device)
+            offset, first = layout.query_offset, layout.rank == 0
+        h = self.pos(self.embed(x, key_padding_mask), offset)  # (B, N, D)
+        B, mask = h.shape[0], key_padding_mask
+        if first:
+            h = torch.cat([self.cls_token.expand(B, -1, -1).to(h.dtype), h], dim=1)  # (B, 1+N, D)
+            mask = None if mask is None else F.pad(mask, (1, 0), value=False)  # (B, 1+N)
         for block in self.blocks:
             h = block(h, key_padding_mask=mask)
-        return self.norm(h[:, 0])  # (B, D)
+        if group is None:
+            return self.norm(h[:, 0])  # (B, D)
+        from taylorshift.distributed import all_reduce_sum
+
+        # the other ranks add zeros that depend on their tokens, so that their backward runs the same collectives
+        cls = self.norm(h[:, 0]) if first else h.sum(1).mul(0.0)
+        return all_reduce_sum(cls, group)  # (B, D) on every rank
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """Logits ``(B, num_classes)``."""

@@ -104,6 +104,8 @@ class CausalLM(nn.Module):
         ``(B, N, vocab_size)``; position ``i`` predicts token ``i + 1`` from tokens ``0 … i``.
     """
 
+    sequence_group = None  # a process group splitting each sequence (taylorshift.distributed.set_sequence_parallel)
+
     def __init__(self, config: CausalLMConfig) -> None:
         super().__init__()
         self.config = cfg = config
@@ -135,8 +137,13 @@ class CausalLM(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         """Next-token logits ``(B, N, vocab_size)`` for ``ids (B, N)``, all positions in parallel."""
-        self._check_ids(ids)
-        h = self.pos(self.embed(ids))  # (B, N, D)
+        offset = 0
+        if self.sequence_group is not None:  # sequence parallel: ids are this rank's part (taylorshift.distributed)
+            from taylorshift.distributed import shard_layout
+
+            offset = shard_layout(ids.shape[1], self.sequence_group, ids.device).query_offset
+        self._check_ids(ids, offset)
+        h = self.pos(self.embed(ids), offset)  # (B, N, D)
         for block in self.blocks:
             h = block(h)
         return self._logits(h)

@@ -20,17 +20,17 @@ new token costs ``O(H·F·d)`` whatever the context length, and prefill + steps 
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from taylorshift.ops import DEFAULT_COEFFICIENTS, check_coefficients, taylor_shift_attention
-from taylorshift.ops.causal import TaylorShiftState, expand_pairs, one_row_features, update_and_read
-from taylorshift.ops.features import augmented_pairs
-from taylorshift.ops.inputs import check_backend
+from taylorshift.ops.causal import TaylorShiftState
+from taylorshift.ops.common import exporting
+from taylorshift.ops.inputs import check_backend, compute_dtype
 
 
 def check_module_args(dim: int, num_heads: int, head_dim: int | None, attn_drop: float, proj_drop: float,
@@ -67,39 +67,19 @@ def check_forward_args(x: object, key_padding_mask: object, dim: int) -> None:
             )
 
 
-@dataclass(frozen=True)
-class _StepConstants:
-    """Constant tensors of :meth:`TaylorShiftAttention.step`, made on the first step of a cache (for the dtype
-    of the tokens), so that a step creates no tensor but its results.
-
-    The q, k and v rows of every head are processed together, as one ``(B, 3, H, 1, ·)`` tensor.
-    """
-
-    key: tuple[torch.dtype, bool]  # what they were made for: the tokens' dtype (the module's), normalize_qk
-    ones: Tensor  # (B, 3, H, 1, 1), state dtype: the appended 1 of [q̃ | 1], [k̂ | 1], [v | 1]
-    norm_min: Tensor | None  # (3, 1, 1, 1), token dtype: the norms are clamped to [eps, inf] (q, k) and [1, 1] (v)
-    norm_max: Tensor | None
-    q_entries: Tensor | None  # (3, 1, 1, d + 1) bool: the entries the temperature multiplies (q, not its 1)
-    scale: Tensor | None  # (3, 1, 1, d + 1), state dtype: 1/√d on those entries, else 1 (normalize_qk=False)
-    pairs: tuple[Tensor, Tensor]  # the feature indices (augmented_pairs) expanded to (B, 3, H, 1, F)
-    one: Tensor  # 0-dim 1, state dtype
-    head_dim: Tensor  # 0-dim d in the dtype of √(n/d) (at least float32)
-
-
 @dataclass
 class TaylorShiftCache:
     """Decoding cache of one causal :class:`TaylorShiftAttention` (from :meth:`TaylorShiftAttention.new_cache`).
 
     Attributes:
-        state: the running state of every (batch, head), ``state.state`` of shape ``(B, H, F, d + 1)``.
+        state: the running state of every (batch, head): a :class:`taylorshift.ops.TaylorShiftState` whose
+            ``current`` is the :class:`taylorshift.CausalState` of :func:`taylorshift.taylor_shift_causal`
+            (sums of shape ``(B, H, F, d + 1)``).
         n_valid: ``(B,)`` int64, valid (unpadded) positions seen per sequence: the ``n`` of the output factor.
-
-    The cache also keeps the constant tensors of :meth:`TaylorShiftAttention.step` (made on the first step).
     """
 
     state: TaylorShiftState
     n_valid: Tensor
-    _step_constants: _StepConstants | None = field(default=None, repr=False, compare=False)
 
     @property
     def length(self) -> int:
@@ -119,6 +99,22 @@ class TaylorShiftCache:
         """Forget everything (as a fresh cache)."""
         self.state.reset()
         self.n_valid.zero_()
+
+
+def _make_value_slot(device: torch.device) -> Tensor:
+    return torch.tensor([False, False, True], device=device).view(3, 1, 1)
+
+
+_cached_value_slot = functools.lru_cache(maxsize=16)(_make_value_slot)
+
+
+def _value_slot(device: torch.device) -> Tensor:
+    """``(3, 1, 1)`` bool, True for the value slot of the ``(B, N, 3, H, d)`` projections: made once per device
+    in eager mode, afresh while tracing (a tensor made under ``torch.export`` or ``torch.compile`` is a fake one
+    and must not be kept)."""
+    if exporting() or torch.compiler.is_compiling():
+        return _make_value_slot(device)
+    return _cached_value_slot(device)
 
 
 class TaylorShiftAttention(nn.Module):
@@ -142,6 +138,9 @@ class TaylorShiftAttention(nn.Module):
         causal: position ``i`` attends only to positions ``j <= i``; the output factor is then ``√(n_i/d)``
             per row, ``n_i`` = number of valid positions ``j <= i``. Enables :meth:`new_cache`,
             :meth:`prefill` and :meth:`step`.
+        sequence_group: a ``torch.distributed`` process group (or the attribute of the same name, set by
+            :func:`taylorshift.distributed.set_sequence_parallel`): ``forward`` then gets this rank's contiguous part
+            of each sequence and attends over the whole sequence (:mod:`taylorshift.distributed.models`).
 
     Shapes:
         ``forward(x, key_padding_mask=None)``: ``x (B, N, C)`` → ``(B, N, C)``. ``key_padding_mask`` is a
@@ -173,8 +172,10 @@ class TaylorShiftAttention(nn.Module):
         backend: str = "auto",
         causal: bool = False,
         temperature_init: float = 1.0,
+        sequence_group: object = None,
     ) -> None:
         super().__init__()
+        self.sequence_group = sequence_group  # sequence parallelism: see taylorshift.distributed.models
         if isinstance(temperature_init, bool) or not isinstance(temperature_init, (int, float)) or not (
             math.isfinite(temperature_init) and temperature_init > 0
         ):
@@ -222,13 +223,20 @@ class TaylorShiftAttention(nn.Module):
         return keep
 
     def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """``q, k, v (B, H, N, d)`` and the logit scale (the temperature, or None for ``1/√d``)."""
+        """``q, k, v (B, H, N, d)`` and the logit scale (the temperature, or None for ``1/√d``).
+
+        With ``normalize_qk`` the q and k rows are divided by their L2 norms clamped at 1e-12 (as
+        ``F.normalize``); the divisor of the v rows is 1. One norm, clamp, select and division for the q, k and v
+        rows of all heads together (a decoding step is a handful of small operations, so their count matters).
+        """
         B, N, _ = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        t = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, d)
         scale = None
         if self.normalize_qk:
-            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+            norms = torch.linalg.vector_norm(t, dim=-1, keepdim=True).clamp_min(1e-12)  # (B, N, 3, H, 1)
+            t = t / torch.where(_value_slot(t.device), 1.0, norms)
             scale = self.temperature  # (H, 1, 1), broadcasts to (B, H, 1, 1)
+        q, k, v = t.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d) each
         return q, k, v, scale
 
     def _output(self, out: Tensor, n: Tensor | int | None) -> Tensor:
@@ -236,27 +244,43 @@ class TaylorShiftAttention(nn.Module):
         the heads and project: ``(B, N, C)``."""
         B, H, N, d = out.shape
         if self.output_scale:  # the factor in at least float32 (float16 cannot hold n = 65,536)
-            dtype = torch.promote_types(out.dtype, torch.float32)
+            dtype = torch.float64 if out.dtype == torch.float64 else torch.float32  # (no promote_types: one op less)
             n = n if isinstance(n, Tensor) else torch.full((), n, dtype=dtype, device=out.device)  # int or SymInt
-            out = out * torch.sqrt(n.to(dtype) / d).to(out.dtype)
-        out = out.transpose(1, 2).reshape(B, N, H * d)  # (B, N, H·d)
-        return self.proj_drop(self.proj(out))
+            factor = torch.sqrt(n.to(dtype) / d)
+            out = out * (factor if factor.dtype == out.dtype else factor.to(out.dtype))
+        out = self.proj(out.transpose(1, 2).reshape(B, N, H * d))  # (B, N, H·d) -> (B, N, C)
+        return self.proj_drop(out) if self.training else out
+
+    @staticmethod
+    def _causal_counts(key_padding_mask: Tensor | None, B: int, N: int, device: torch.device,
+                       before: Tensor | None = None) -> Tensor:
+        """``n_i`` of the causal output factor, ``(B, 1, N, 1)``: valid positions ``j <= i``, plus ``before (B,)``
+        seen in earlier calls."""
+        if key_padding_mask is None:
+            counts = torch.arange(1, N + 1, device=device).expand(B, N)
+        else:
+            counts = (~key_padding_mask).cumsum(-1)  # (B, N)
+        if before is not None:
+            counts = counts + before.unsqueeze(-1)
+        return counts.view(B, 1, N, 1)
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """``x (B, N, C)``, ``key_padding_mask (B, N)`` bool with True = padding → ``(B, N, C)``."""
         check_forward_args(x, key_padding_mask, self.dim)
+        if self.sequence_group is not None:  # x is this rank's part of the sequence
+            from taylorshift.distributed.models import sequence_parallel_forward
+
+            return sequence_parallel_forward(self, x, key_padding_mask)
         B, N, _ = x.shape
         q, k, v, scale = self._project(x)
         out = taylor_shift_attention(
             q, k, v, attn_mask=self._key_mask(key_padding_mask, B, N, x.device), is_causal=self.causal,
             scale=scale, backend=self.backend, coefficients=self.coefficients,
         )  # (B, H, N, d)
-        valid = None if key_padding_mask is None else ~key_padding_mask  # (B, N)
         if self.causal:  # n_i = valid keys j <= i, per row
-            counts = torch.arange(1, N + 1, device=x.device).expand(B, N) if valid is None else valid.cumsum(-1)
-            n = counts.view(B, 1, N, 1)
+            n = self._causal_counts(key_padding_mask, B, N, x.device)
         else:
-            n = N if valid is None else valid.sum(-1).view(B, 1, 1, 1)
+            n = N if key_padding_mask is None else (~key_padding_mask).sum(-1).view(B, 1, 1, 1)
         return self._output(out, n)
 
     # ----------------------------------------------------------------------------------------- decoding
@@ -312,82 +336,40 @@ class TaylorShiftAttention(nn.Module):
         """
         self._check_cache("prefill", cache, x, None)
         check_forward_args(x, key_padding_mask, self.dim)
-        B, N, _ = x.shape
-        q, k, v, scale = self._project(x)
-        valid = torch.ones(B, N, dtype=torch.bool, device=x.device) if key_padding_mask is None else ~key_padding_mask
-        keep = None if key_padding_mask is None else valid[:, None, None, :]
-        out = cache.state.prefill(q, k, v, attn_mask=keep, scale=scale)  # (B, H, N, d)
-        n = cache.n_valid.unsqueeze(-1) + valid.cumsum(-1)  # (B, N)
-        cache.n_valid += valid.sum(-1)
-        return self._output(out, n.view(B, 1, N, 1))
+        return self._decode(x, cache, key_padding_mask)
 
-    def step(self, x_t: Tensor, cache: TaylorShiftCache) -> Tensor:
+    def step(self, x_t: Tensor, cache: TaylorShiftCache, key_padding_mask: Tensor | None = None) -> Tensor:
         """One new token ``x_t (B, 1, C)`` attending to everything in ``cache`` and itself → ``(B, 1, C)``.
 
         ``O(H·F·d)`` per call, independent of ``cache.length``; updates ``cache`` in place. Runs without autograd.
-        The same computation as ``forward`` (and :meth:`TaylorShiftState.step`), written as about 30 tensor
-        operations for the whole step (see :meth:`_step`).
+        The same computation as :meth:`prefill` of one token (the op's single-position update); ``key_padding_mask
+        (B, 1)`` marks sequences whose new token is padding.
         """
         self._check_cache("step", cache, x_t, 1)
+        check_forward_args(x_t, key_padding_mask, self.dim)
         if x_t.device != cache.state.state.device:
             raise ValueError(f"step: x_t is on {x_t.device} but the cache is on {cache.state.state.device}")
         with torch.no_grad():
-            return self._step(x_t, cache)
+            return self._decode(x_t, cache, key_padding_mask)
 
-    def _step_constants(self, cache: TaylorShiftCache, dtype: torch.dtype) -> _StepConstants:
-        consts = cache._step_constants
-        if consts is not None and consts.key == (dtype, self.normalize_qk):
-            return consts
-        B, H, d = cache.batch_size, self.num_heads, self.head_dim
-        state = cache.state.state
-        c, device = state.dtype, state.device
-        ones = torch.ones(B, 3, H, 1, 1, dtype=c, device=device)
-        norm_min = norm_max = q_entries = scale = None
-        if self.normalize_qk:  # F.normalize's clamp_min(eps) for q and k; v's divisor becomes 1
-            norm_min = torch.tensor([1e-12, 1e-12, 1.0], dtype=dtype, device=device).view(3, 1, 1, 1)
-            norm_max = torch.tensor([math.inf, math.inf, 1.0], dtype=dtype, device=device).view(3, 1, 1, 1)
-            q_entries = torch.zeros(3, 1, 1, d + 1, dtype=torch.bool, device=device)
-            q_entries[0, ..., :d] = True
+    def _decode(self, x: Tensor, cache: TaylorShiftCache, key_padding_mask: Tensor | None) -> Tensor:
+        """:meth:`prefill` / :meth:`step` on checked arguments: the same projections and output factor as
+        :meth:`forward`, the attention by :func:`taylorshift.taylor_shift_causal` from the cache's state (which
+        decides the precision: the inputs are cast to its dtype), ``n`` from the cache's counts."""
+        B, N, _ = x.shape
+        q, k, v, scale = self._project(x)
+        c = cache.state.state.dtype
+        if compute_dtype(q.dtype) != c:  # a cache of another precision than the module (new_cache(dtype=...))
+            q, k, v = q.to(c), k.to(c), v.to(c)
+            scale = None if scale is None else scale.to(c)
+        padding = None if key_padding_mask is None else key_padding_mask.unsqueeze(1)  # (B, 1, N): all heads
+        out = cache.state.update(q, k, v, scale=scale, key_padding_mask=padding)  # (B, H, N, d)
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
+        if key_padding_mask is None and N == 1:  # a decoding step: every sequence gains one valid position
+            n = cache.n_valid.add_(1).view(B, 1, 1, 1)
         else:
-            scale = torch.ones(3, 1, 1, d + 1, dtype=c, device=device)
-            scale[0, ..., :d] = 1.0 / math.sqrt(d)
-        pairs = expand_pairs(augmented_pairs(d, cache.state.form, device), (B, 3, H, 1))
-        one = torch.ones((), dtype=c, device=device)
-        head_dim = torch.tensor(float(d), dtype=torch.promote_types(dtype, torch.float32), device=device)
-        consts = _StepConstants((dtype, self.normalize_qk), ones, norm_min, norm_max, q_entries, scale, pairs, one,
-                                head_dim)
-        cache._step_constants = consts
-        return consts
-
-    def _step(self, x_t: Tensor, cache: TaylorShiftCache) -> Tensor:
-        """:meth:`step` on checked arguments: the projections and the state update and read-out of all heads in
-        a fixed, small number of tensor operations (one token costs about 80 kFLOP per block, so the number of
-        operations is the cost). Same formulas, in the same dtypes, as ``_project``, the state's ``step`` and
-        ``_output``."""
-        st = cache.state
-        B, H, d = x_t.shape[0], self.num_heads, self.head_dim
-        c = st.state.dtype
-        consts = self._step_constants(cache, x_t.dtype)
-        t = self.qkv(x_t).view(B, 3, H, 1, d)  # the q, k and v rows of every head
-        if self.normalize_qk:  # = F.normalize(q), F.normalize(k) (v / 1), and the temperature on q
-            t = t / torch.clamp(torch.linalg.vector_norm(t, dim=-1, keepdim=True), consts.norm_min, consts.norm_max)
-            tau = self.temperature if self.temperature.dtype == c else self.temperature.to(c)
-            scale = torch.where(consts.q_entries, tau, consts.one)  # (3, H, 1, d + 1)
-        else:
-            scale = consts.scale
-        if t.dtype != c:
-            t = t.to(c)
-        a = torch.cat([t, consts.ones], dim=-1) * scale  # [q̃ | 1], [k̂ | 1], [v | 1]: (B, 3, H, 1, d + 1)
-        phi_q, phi_k, _ = one_row_features(a, consts.pairs).unbind(1)  # (B, H, 1, F) each
-        y = update_and_read(st.state, phi_k, a.select(1, 2), phi_q * st._w)  # (B, H, 1, d + 1)
-        st.length += 1
-        n = cache.n_valid.view(B, 1, 1, 1)
-        n += 1
-        out = y[..., :d] / y[..., d:]  # the new token is attendable: every step row has a key (see divide_rows)
-        if out.dtype != x_t.dtype:
-            out = out.to(x_t.dtype)
-        if self.output_scale:  # as in _output: √(n/d) computed in at least float32, then cast
-            factor = torch.sqrt(n / consts.head_dim)
-            out = out * (factor if factor.dtype == out.dtype else factor.to(out.dtype))
-        out = self.proj(out.view(B, 1, H * d))  # one token: (B, H, 1, d) is already (B, 1, H·d) in memory
-        return self.proj_drop(out) if self.training else out
+            n = self._causal_counts(key_padding_mask, B, N, x.device, before=cache.n_valid)
+            if N:
+                cache.n_valid.copy_(n[:, 0, -1, 0])
+        return self._output(out, n)

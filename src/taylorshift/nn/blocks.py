@@ -145,9 +145,12 @@ class Block(nn.Module):
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         return self._residuals(x, self.attn(self.norm1(x), key_padding_mask=key_padding_mask))
 
-    def prefill(self, x: Tensor, cache: object) -> Tensor:
-        """The block on a chunk ``x (B, N, C)`` that follows the cached tokens; the attention updates ``cache``."""
-        return self._residuals(x, self.attn.prefill(self.norm1(x), cache))
+    def prefill(self, x: Tensor, cache: object, key_padding_mask: Tensor | None = None) -> Tensor:
+        """The block on a chunk ``x (B, N, C)`` that follows the cached tokens; the attention updates ``cache``.
+        ``key_padding_mask (B, N)`` (True = padding) is passed to the attention's ``prefill`` when given."""
+        if key_padding_mask is None:
+            return self._residuals(x, self.attn.prefill(self.norm1(x), cache))
+        return self._residuals(x, self.attn.prefill(self.norm1(x), cache, key_padding_mask=key_padding_mask))
 
     def step(self, x: Tensor, cache: object) -> Tensor:
         """The block on one new token ``x (B, 1, C)``; the attention updates ``cache``."""

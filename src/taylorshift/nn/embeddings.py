@@ -44,6 +44,7 @@ class SinusoidalPositionalEncoding(nn.Module):
     Shapes:
         ``forward(x, offset=0)``: ``x (B, N, D)`` → ``(B, N, D)``, adding the encodings of positions
         ``offset … offset + N - 1`` (an offset for incremental decoding); ``offset + N <= max_len``.
+        ``forward(x, positions=p)``: the encodings of the positions ``p (B, N)`` (integers ``< max_len``) instead.
     """
 
     def __init__(self, dim: int, max_len: int, base: float = 10000.0) -> None:
@@ -54,7 +55,12 @@ class SinusoidalPositionalEncoding(nn.Module):
     def extra_repr(self) -> str:
         return f"dim={self.dim}, max_len={self.max_len}"
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+    def forward(self, x: Tensor, offset: int = 0, positions: Tensor | None = None) -> Tensor:
+        if positions is not None:  # per-token positions (B, N), e.g. counted over the unpadded tokens
+            if positions.numel() and int(positions.max()) >= self.max_len:
+                top = int(positions.max())
+                raise ValueError(f"position {top} exceeds max_len={self.max_len} of the positional table")
+            return x + self.pe[positions].to(x.dtype)
         if offset + x.shape[1] > self.max_len:
             where = f"sequence length {x.shape[1]}" + (f" at offset {offset}" if offset else "")
             raise ValueError(f"{where} exceeds max_len={self.max_len} of the positional table")

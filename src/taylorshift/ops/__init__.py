@@ -1,7 +1,7 @@
 """Tensor-level TaylorShift operators: the float64 oracle, the direct, efficient and causal forms, dispatch, and
-the recurrent decoding state."""
+the recurrent form with its state (``taylor_shift_causal``, ``CausalState``)."""
 
-from taylorshift.ops.causal import TaylorShiftState
+from taylorshift.ops.causal import CausalState, TaylorShiftState, taylor_shift_causal
 from taylorshift.ops.dispatch import Backend, resolve_backend, taylor_shift_attention
 from taylorshift.ops.features import FORMS, feature_dim, taylor_features
 from taylorshift.ops.inputs import BACKENDS
@@ -20,4 +20,6 @@ __all__ = [
     "taylor_shift_attention",
     "taylor_shift_attention_reference",
     "TaylorShiftState",
+    "CausalState",
+    "taylor_shift_causal",
 ]

@@ -22,13 +22,14 @@ tensor operations (:func:`taylorshift.ops.direct.direct_functional`), so the len
 * reverse order: the running sum ``G = Σ_{later chunks} φ(q̃) ∂yᵀ``, giving ``∂K`` and ``∂V'`` of the keys'
   contributions to the state (``∂Z = diag(w) G``).
 
-Decoding (:class:`TaylorShiftState`): ``step`` adds ``φ(k_t) v'_tᵀ`` to the state and reads it with
-``φ(q̃_t)``, ``O(F·dv)`` per token whatever the context length; ``prefill`` runs the chunked algorithm
-from the current state. A step is a few kFLOP per head, so its cost is the number of tensor operations: the
-features of one row are the upper triangle of ``[x | 1][x | 1]ᵀ``, two gathers and a product
-(:func:`one_row_features`), the update is one ``addcmul_`` and the read-out one matmul
-(:func:`update_and_read`); the module's step (``TaylorShiftAttention.step``) uses the same pieces for the
-q, k and v rows of all heads at once.
+The public recurrent form is :func:`taylor_shift_causal`: the chunked algorithm started from an initial
+:class:`CausalState` (the sums ``Z`` and the key counts), returning the final one, so that any split of a
+sequence into calls computes the same as one causal call. A call of one position without gradients (a decoding
+step) adds ``φ(k_t) v'_tᵀ`` to the state and reads it with ``φ(q̃_t)``, ``O(F·dv)`` whatever the context
+length; it is a few kFLOP per head, so its cost is the number of tensor operations: the features of one row are
+the upper triangle of ``[x | 1][x | 1]ᵀ``, two gathers and a product (:func:`one_row_features`), the update one
+``addcmul`` and the read-out one matmul (:func:`_step`). :class:`TaylorShiftState` (``prefill``/``step``) and
+the module's decoding cache keep a state and call the op.
 
 Numerics (decided and measured; details in docs/causal.md). The state is the **plain running sum**
 (no ``1/N``, no running mean), accumulated in float32 for float16/bfloat16/float32 inputs and in float64
@@ -46,9 +47,13 @@ result to that dtype (1.0e-3, 1.4e-4), i.e. the float32 computation adds nothing
 
 from __future__ import annotations
 
+import functools
+import math
+from dataclasses import dataclass, replace
 from numbers import Integral
 
 import torch
+import torch.nn.functional as nnf
 from torch import Tensor
 
 from taylorshift.analysis.auto import DEFAULT_FORM, default_causal_chunk_size
@@ -88,7 +93,13 @@ from taylorshift.ops.inputs import (
 from taylorshift.ops.memory import check_efficient_memory, check_state_memory
 from taylorshift.ops.polynomial import derivative, normalize_coefficients
 
-__all__ = ["TaylorShiftState", "causal_efficient_attention", "default_causal_chunk_size"]
+__all__ = [
+    "CausalState",
+    "TaylorShiftState",
+    "causal_efficient_attention",
+    "default_causal_chunk_size",
+    "taylor_shift_causal",
+]
 
 
 def _causal_forward(qs, k, vp, state, w, coefficients, form, chunk, keep_state, has_key):
@@ -115,8 +126,9 @@ def _causal_forward(qs, k, vp, state, w, coefficients, form, chunk, keep_state, 
 
 
 class _CausalEfficient(torch.autograd.Function):
-    """Causal chunked forward (returns ``out`` and the final state, not differentiable) and its two-pass
-    recomputing backward (see the module docstring)."""
+    """Causal chunked forward (returns ``out`` and the final state) and its two-pass recomputing backward (see
+    the module docstring). Differentiable with respect to ``qs``, ``k``, ``vp`` and the initial state, through
+    ``out`` and through the final state (truncated backpropagation through time)."""
 
     @staticmethod
     def forward(ctx, qs, k, vp, state0, coefficients, form, chunk, keep_state, has_key):  # noqa: D102
@@ -129,18 +141,18 @@ class _CausalEfficient(torch.autograd.Function):
         out, den = _causal_forward(qs, k, vp, state, w, coefficients, form, chunk, keep_state, has_key)
         ctx.save_for_backward(qs, k, vp, state0, w, out, den)
         ctx.coefficients, ctx.form, ctx.chunk, ctx.has_key = coefficients, form, chunk, has_key
-        ctx.mark_non_differentiable(state)
+        ctx.keep_state = keep_state
         return out, state
 
     @staticmethod
-    def backward(ctx, dout, _dstate):  # noqa: D102
+    def backward(ctx, dout, dfinal):  # noqa: D102
         no_double_backward()
         qs, k, vp, state0, w, out, den = ctx.saved_tensors
         coefficients, form, chunk = ctx.coefficients, ctx.form, ctx.chunk
         L, S = qs.shape[-2], k.shape[-2]
         g = dout * reciprocal_rows(den, ctx.has_key)  # (*batch, L, dv)
         dy = torch.cat([g, -(g * out).sum(-1, keepdim=True)], dim=-1)  # ∂loss/∂y, (*batch, L, dv+1)
-        need_q, need_k, need_v = ctx.needs_input_grad[:3]
+        need_q, need_k, need_v, need_state = ctx.needs_input_grad[:4]
         dqs = torch.zeros_like(qs) if need_q else None
         dk = torch.zeros_like(k) if need_k else None
         dvp = torch.zeros_like(vp) if need_v else None
@@ -169,23 +181,30 @@ class _CausalEfficient(torch.autograd.Function):
                     dk[..., l0:k1, :] += ds.transpose(-1, -2) @ q_c
             if need_q and l1 < L:
                 accumulate_state(state, k_c, vp_c, form, chunk)
-        # pass 2, reverse order: G = Σ over later chunks of φ(q̃) ∂yᵀ; a chunk's keys enter only later reads
-        if need_k or need_v:
+        # pass 2, reverse order: G = Σ over later chunks of φ(q̃) ∂yᵀ; a chunk's keys enter only later reads and
+        # (when kept) the final state, whose gradient is ``dfinal``: ∂Z of the chunk's keys = diag(w) G + dfinal
+        dstate0 = None
+        if need_k or need_v or need_state:
             G = torch.zeros_like(state0)
             for i, (l0, l1) in enumerate(reversed(chunks)):
-                if i > 0 and l0 < S:
+                in_final = dfinal is not None and (i > 0 or ctx.keep_state)
+                if (need_k or need_v) and (i > 0 or in_final) and l0 < S:
                     k1 = min(l1, S)
                     k_c, vp_c = k[..., l0:k1, :], vp[..., l0:k1, :]
-                    dstate = G * w
+                    dstate = G * w  # zero for the last chunk: no later reads
+                    if in_final:
+                        dstate += dfinal
                     phi = taylor_features(k_c, form)  # (*batch, F, c)
                     if need_v:
                         dvp[..., l0:k1, :] += phi.transpose(-1, -2) @ dstate
                     if need_k:
                         dphi = torch.matmul(dstate, vp_c.transpose(-1, -2), out=phi)
                         dk[..., l0:k1, :] += taylor_features_backward(k_c, dphi, form)
-                if l0 > 0:
+                if l0 > 0 or need_state:
                     G += taylor_features(qs[..., l0:l1, :], form) @ dy[..., l0:l1, :]
-        return dqs, dk, dvp, None, None, None, None, None, None
+            if need_state:  # out reads diag(w)·state0 in every row; the final state is state0 plus the keys
+                dstate0 = G * w if dfinal is None else G * w + dfinal
+        return dqs, dk, dvp, dstate0, None, None, None, None, None
 
 
 def causal_efficient_attention(
@@ -218,17 +237,349 @@ def causal_efficient_attention(
     return out
 
 
-class TaylorShiftState:
-    """Running state of causal TaylorShift for recurrent decoding.
+def _head_dim_of(F: int, form: Form) -> int | None:
+    """The head size ``d`` with ``feature_dim(d, form) == F``, or None if there is none."""
+    # full: F = d² + d + 1, so 4F - 3 = (2d + 1)²; symmetric: F = (d+1)(d+2)/2, so 8F + 1 = (2d + 3)²
+    root = math.isqrt(4 * F - 3) if form == "full" else math.isqrt(8 * F + 1)
+    d = (root - 1) // 2 if form == "full" else (root - 3) // 2
+    return d if d >= 1 and feature_dim(d, form) == F else None
 
-    Holds ``Z = Σ_{j seen} φ(k_j) [v_j | 1]ᵀ`` of shape ``(*batch_shape, F, dv + 1)`` (``F`` =
-    :func:`taylorshift.ops.feature_dim`) in float32, or float64 when ``dtype`` is float64, and the number of
-    positions seen, :attr:`length`. The state does not depend on the logit scale (it only multiplies the
-    queries), so ``scale`` is passed per call, with the same meaning as in
-    :func:`taylorshift.taylor_shift_attention`.
+
+@dataclass(frozen=True)
+class CausalState:
+    """Everything causal TaylorShift keeps of a sequence prefix: what :func:`taylor_shift_causal` reads with
+    ``initial_state`` and returns with ``output_final_state=True``.
+
+    A value, not a container: calls never modify a state, they return a new one. Its size does not depend on
+    how many positions it summarises.
+
+    Attributes:
+        sums: ``(*batch, F, dv + 1)``, ``Z = Σ_j φ(k_j) [v_j | 1]ᵀ`` over the keys seen (padding excluded), with
+            the **unweighted** Taylor features ``φ`` of :func:`taylorshift.ops.taylor_features` (``F`` =
+            :func:`taylorshift.ops.feature_dim` of ``head_dim`` and ``form``); the last column is ``Σ_j φ(k_j)``.
+            The polynomial's coefficients and the logit scale are applied when the state is read, so one state
+            serves any of them. float32 for float16/bfloat16/float32 inputs, float64 for float64 inputs (never
+            half precision: the sums grow with the number of keys). Differentiable when the call that made it
+            was.
+        n_keys: ``(*batch,)`` int64, keys folded into ``sums`` per batch row (padded positions not counted).
+        length: positions consumed so far, padding included (the same for every row).
+        form: feature form of ``sums``, ``"symmetric"`` (default) or ``"full"``.
+
+    Make an empty one with :meth:`zeros` (or pass ``initial_state=None``).
+    """
+
+    sums: Tensor
+    n_keys: Tensor
+    length: int = 0
+    form: Form = DEFAULT_FORM
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sums, Tensor) or self.sums.dim() < 2 or self.sums.dtype not in _STATE_DTYPES:
+            desc = f"{tuple(self.sums.shape)} {self.sums.dtype}" if isinstance(self.sums, Tensor) else type(self.sums)
+            raise TypeError(f"CausalState.sums must be a float32 or float64 tensor (*batch, F, dv + 1), got {desc}")
+        check_form(self.form)
+        if self.sums.shape[-1] < 2 or _head_dim_of(self.sums.shape[-2], self.form) is None:
+            raise ValueError(
+                f"CausalState.sums of shape {tuple(self.sums.shape)} is not (*batch, F, dv + 1) with F a feature "
+                f"count of form {self.form!r} (F = feature_dim(d, form)) and dv >= 1"
+            )
+        n = self.n_keys
+        if not isinstance(n, Tensor) or n.dtype != torch.int64 or tuple(n.shape) != self.batch_shape:
+            desc = f"{tuple(n.shape)} {n.dtype}" if isinstance(n, Tensor) else type(n).__name__
+            raise TypeError(f"CausalState.n_keys must be an int64 tensor of shape {self.batch_shape}, got {desc}")
+        if n.device != self.sums.device:
+            raise ValueError(f"CausalState.n_keys is on {n.device} but sums are on {self.sums.device}")
+        if isinstance(self.length, bool) or not isinstance(self.length, Integral) or self.length < 0:
+            raise ValueError(f"CausalState.length must be an int >= 0, got {self.length!r}")
+
+    @classmethod
+    def zeros(
+        cls,
+        batch_shape: tuple[int, ...],
+        head_dim: int,
+        value_dim: int | None = None,
+        *,
+        form: Form = DEFAULT_FORM,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> CausalState:
+        """The state of an empty prefix.
+
+        Args:
+            batch_shape: leading dims of the inputs it will be used with, e.g. ``(B, H)``.
+            head_dim: query/key size ``d``; ``value_dim``: value size ``dv`` (default ``d``).
+            form: feature form.
+            dtype: dtype of the *inputs* (float16, bfloat16, float32 or float64); the sums are kept in its
+                compute dtype (float32, or float64 for float64).
+            device: default torch's default device.
+        """
+        if not isinstance(batch_shape, (tuple, list, torch.Size)) or not all(
+            isinstance(n, Integral) and not isinstance(n, bool) and n >= 0 for n in batch_shape
+        ):
+            raise ValueError(f"batch_shape must be a tuple of non-negative ints, got {batch_shape!r}")
+        value_dim = head_dim if value_dim is None else value_dim
+        for name, n in (("head_dim", head_dim), ("value_dim", value_dim)):
+            if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
+                raise ValueError(f"{name} must be a positive int, got {n!r}")
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype}")
+        form = check_form(form)
+        c = compute_dtype(dtype)
+        device = torch.get_default_device() if device is None else torch.device(device)
+        shape = tuple(int(n) for n in batch_shape)
+        check_state_memory(max(1, torch.Size(shape).numel()), int(head_dim), int(value_dim), form, c, device)
+        sums = torch.zeros((*shape, feature_dim(int(head_dim), form), int(value_dim) + 1), dtype=c, device=device)
+        return cls(sums, torch.zeros(shape, dtype=torch.int64, device=device), 0, form)
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return tuple(self.sums.shape[:-2])
+
+    @property
+    def head_dim(self) -> int:
+        return _head_dim_of(self.sums.shape[-2], self.form)  # type: ignore[return-value]
+
+    @property
+    def value_dim(self) -> int:
+        return self.sums.shape[-1] - 1
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.sums.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.sums.device
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (``sums`` and ``n_keys``): constant in :attr:`length`."""
+        return sum(t.numel() * t.element_size() for t in (self.sums, self.n_keys))
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> CausalState:
+        """The same state on ``device`` and/or with sums in ``dtype`` (float32 or float64; the counts stay int64)."""
+        if dtype is not None and dtype not in _STATE_DTYPES:
+            raise TypeError(f"a CausalState holds float32 or float64 sums, got dtype={dtype}")
+        return replace(self, sums=self.sums.to(device=device, dtype=dtype), n_keys=self.n_keys.to(device=device))
+
+    def detach(self) -> CausalState:
+        """The same state cut from the autograd graph (truncated backpropagation through time)."""
+        return self if not self.sums.requires_grad else replace(self, sums=self.sums.detach())
+
+    def __repr__(self) -> str:
+        return (
+            f"CausalState(batch_shape={self.batch_shape}, head_dim={self.head_dim}, value_dim={self.value_dim}, "
+            f"form={self.form!r}, dtype={self.dtype}, device={self.device}, length={self.length})"
+        )
+
+
+_STATE_DTYPES = (torch.float32, torch.float64)
+
+
+def _check_state(state: object, batch: tuple[int, ...], d: int, dv: int, c: torch.dtype, q: Tensor) -> CausalState:
+    if not isinstance(state, CausalState):
+        raise TypeError(f"initial_state must be a CausalState (or None), got {type(state).__name__}")
+    if state.batch_shape != batch:
+        raise ValueError(f"initial_state has batch dims {state.batch_shape}, but the inputs have batch dims {batch}")
+    if (state.head_dim, state.value_dim) != (d, dv):
+        raise ValueError(
+            f"initial_state was made for head sizes d={state.head_dim}, dv={state.value_dim}, but the inputs have "
+            f"head sizes d={d}, dv={dv}"
+        )
+    if state.dtype != c:
+        raise TypeError(
+            f"initial_state holds {state.dtype} sums, but {q.dtype} inputs are computed in {c}: convert it with "
+            f"initial_state.to(dtype={c}) or pass inputs of a matching dtype"
+        )
+    if state.device != q.device:
+        raise ValueError(f"initial_state is on {state.device} but the inputs are on {q.device}; use .to(device)")
+    return state
+
+
+def _check_padding_mask(mask: object, q: Tensor) -> Tensor | None:
+    """The keep-mask ``(..., L)`` (True = attend) of a ``key_padding_mask`` broadcastable to ``(*batch, L)``."""
+    if mask is None:
+        return None
+    target = (*q.shape[:-2], q.shape[-2])
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        desc = f"dtype {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
+        raise TypeError(f"key_padding_mask must be a bool tensor broadcastable to (*batch, L) = {target} with "
+                        f"True = padding, got {desc}")
+    try:
+        ok = torch.broadcast_shapes(mask.shape, target) == target
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"key_padding_mask of shape {tuple(mask.shape)} is not broadcastable to (*batch, L) = {target}"
+        )
+    if mask.device != q.device:
+        raise ValueError(f"key_padding_mask is on {mask.device} but query is on {q.device}")
+    return ~mask
+
+
+def _make_step_constants(d: int, form: Form, coefficients: tuple[float, float, float], dtype: torch.dtype,
+                         device: torch.device, leading: tuple[int, ...]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    w = feature_weights(d, form, coefficients, dtype=dtype, device=device)
+    return w, expand_pairs(augmented_pairs.__wrapped__(d, form, device), leading)
+
+
+_cached_step_constants = functools.lru_cache(maxsize=64)(_make_step_constants)
+
+
+def _step_constants(d, form, coefficients, dtype, device, leading) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Feature weights ``w (F,)`` and the pair indices expanded to ``(*leading, F)`` of a single-token call: made
+    once per configuration in eager mode (a step then creates no tensor but its results; callers never modify
+    them), afresh under ``torch.compile`` (a tensor made while compiling is a fake one and must not be kept)."""
+    if torch.compiler.is_compiling():
+        return _make_step_constants(d, form, coefficients, dtype, device, leading)
+    return _cached_step_constants(d, form, coefficients, dtype, device, leading)
+
+
+def _step(qs: Tensor, k: Tensor, v: Tensor, sums: Tensor, keep: Tensor | None, coefficients, form: Form,
+          has_key: Tensor | None) -> tuple[Tensor, Tensor]:
+    """One position (``L = 1``), not differentiable: ``Z' = Z + φ(k)[v | 1]ᵀ`` and ``y = φ(q̃)ᵀ diag(w) Z'``.
+
+    ``O(F·dv)``; at these sizes the cost is the number of tensor operations, so it is a fixed, small number of
+    them: the features of both rows are two gathers of ``[q̃ | 1], [k | 1]`` (:func:`one_row_features`), the
+    update one ``addcmul`` and the read-out one matmul whose last column is the denominator.
+
+    Returns:
+        ``out (*batch, 1, dv)`` and the new sums ``(*batch, F, dv + 1)``.
+    """
+    x1 = nnf.pad(torch.cat([qs, k], dim=-2), (0, 1), value=1.0)  # [q̃ | 1], [k | 1]: (*batch, 2, d + 1)
+    w, pairs = _step_constants(k.shape[-1], form, coefficients, sums.dtype, sums.device, tuple(x1.shape[:-1]))
+    phi = one_row_features(x1, pairs)  # (*batch, 2, F)
+    vp = nnf.pad(v, (0, 1), value=1.0)  # [v | 1]: (*batch, 1, dv + 1)
+    if keep is not None:
+        vp = vp * keep.unsqueeze(-1)
+    sums = torch.addcmul(sums, phi[..., 1:, :].mT, vp)
+    y = (phi[..., :1, :] * w) @ sums  # [num | den]: (*batch, 1, dv + 1)
+    return divide_rows(y[..., :-1], y[..., -1:], has_key), sums
+
+
+def taylor_shift_causal(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    initial_state: CausalState | None = None,
+    output_final_state: bool = False,
+    scale: float | Tensor | None = None,
+    coefficients: tuple[float, float, float] = DEFAULT_COEFFICIENTS,
+    key_padding_mask: Tensor | None = None,
+    chunk_size: int | None = None,
+) -> tuple[Tensor, CausalState | None]:
+    """Causal TaylorShift that continues a sequence: the recurrent form with its state in the signature.
+
+    Query ``i`` of this call attends to every key already folded into ``initial_state`` and to the keys
+    ``j <= i`` of this call (padding excluded):
+    ``out_i = Σ_j p(s_ij) v_j / Σ_j p(s_ij)``, ``s_ij = scale · q_i·k_j``, ``p(x) = a x² + b x + c``. Splitting a
+    sequence into calls and passing each call's final state to the next gives the same result as one
+    ``taylor_shift_attention(..., is_causal=True)`` over the whole sequence, whatever the split: ``L = 1`` is
+    one decoding step, any ``L`` continues it (chunked prefill). Calls with ``L = 1`` that need no gradient run
+    a dedicated ``O(F·dv)`` update; the others the chunked algorithm of this module.
+
+    Args:
+        query, key: ``(*batch, L, d)``; typically ``(B, H, L, d)``.
+        value: ``(*batch, L, dv)``.
+        initial_state: the :class:`CausalState` of the prefix (from an earlier call's ``output_final_state``);
+            None for a sequence that starts here. It must match the call: ``batch_shape == (*batch)``, head sizes
+            ``d`` and ``dv``, sums in the inputs' compute dtype (float32 for float16/bfloat16/float32, float64
+            for float64) and the inputs' device; else ``ValueError``/``TypeError`` saying which.
+        output_final_state: also return the state after this call (else ``None`` is returned in its place).
+        scale: ``None`` (``1/√d``), a float, or a tensor broadcastable to ``(*batch, 1, 1)`` (e.g. a per-head
+            temperature ``(H, 1, 1)``). The state does not depend on it (it multiplies the queries only).
+        coefficients: ``(a, b, c)`` of ``p``; the state does not depend on them either.
+        key_padding_mask: optional bool tensor broadcastable to ``(*batch, L)``, **True = padding**: those keys
+            are never attended, now or later, and not counted in ``n_keys``. Their query rows are computed like
+            any other (a row that has seen no key at all is 0).
+        chunk_size: query positions per chunk of the chunked algorithm (default
+            :func:`default_causal_chunk_size`).
+
+    Returns:
+        ``(out, state)``: ``out (*batch, L, dv)`` in the dtype of ``query`` (float16/bfloat16 are computed in
+        float32; inside ``torch.autocast`` inputs are cast as for SDPA) and the final :class:`CausalState` or
+        None. Gradients flow from ``out`` and from the final state into ``query``, ``key``, ``value``, a
+        tensor ``scale`` and ``initial_state.sums`` (first order only), so truncated backpropagation through
+        time works; cut it with :meth:`CausalState.detach`.
+
+    Raises:
+        TypeError / ValueError: as :func:`taylorshift.taylor_shift_attention` for the tensors and ``scale``;
+            ``key`` and ``query`` of different lengths; a bad mask; an ``initial_state`` that does not match.
+    """
+    inp = check_inputs(query, key, value, None, scale, coefficients)
+    if not isinstance(output_final_state, bool):
+        raise TypeError(f"output_final_state must be a bool, got {type(output_final_state).__name__}")
+    q, k, v = inp.q, inp.k, inp.v
+    L, d, dv = q.shape[-2], q.shape[-1], v.shape[-1]
+    if k.shape[-2] != L:
+        raise ValueError(
+            f"key has {k.shape[-2]} positions but query has {L}; taylor_shift_causal is causal self-attention "
+            "over one sequence, so they must be equal"
+        )
+    if exporting():
+        raise RuntimeError("taylor_shift_causal cannot be exported or traced; export taylor_shift_attention(..., "
+                           "is_causal=True) for the parallel form")
+    keep = _check_padding_mask(key_padding_mask, q)  # (..., L), True = attend
+    chunk = check_chunk_size(chunk_size)
+    batch, c = tuple(q.shape[:-2]), inp.compute_dtype
+    if initial_state is None:
+        form, sums0, n0, length = DEFAULT_FORM, None, None, 0
+    else:
+        state = _check_state(initial_state, batch, d, dv, c, q)
+        form, sums0, n0, length = state.form, state.sums, state.n_keys, state.length
+    # which rows have seen a key (from the counts, never from the sums' values), and the new counts
+    if keep is None:
+        has_key = None
+        n_new = (n0 + L) if n0 is not None else None
+    else:
+        seen = keep.cumsum(-1)  # (..., L)
+        if n0 is not None:
+            seen = seen + n0.unsqueeze(-1)
+        has_key = (seen > 0).unsqueeze(-1)  # (..., L, 1)
+        n_new = seen[..., -1] if L else n0
+    if n_new is None:
+        n_new = torch.full(batch, L, dtype=torch.int64, device=q.device)
+    elif tuple(n_new.shape) != batch:
+        n_new = n_new.expand(batch).clone()
+    scale_ = inp.scale
+    if isinstance(scale_, Tensor) and scale_.dtype != c:
+        scale_ = scale_.to(c)
+    needs_grad = inp.needs_grad or (sums0 is not None and torch.is_grad_enabled() and sums0.requires_grad)
+    with autocast_disabled(q.device):
+        if q.dtype != c:
+            q, k, v = q.to(c), k.to(c), v.to(c)
+        if L == 0:
+            out = q.new_zeros((*batch, 0, dv))
+            sums = sums0 if sums0 is not None else q.new_zeros((*batch, feature_dim(d, form), dv + 1))
+        elif L == 1 and not needs_grad and sums0 is not None:
+            keep1 = None if keep is None else keep.to(c)
+            out, sums = _step(q * scale_, k, v, sums0, keep1, inp.coefficients, form, has_key)
+        else:
+            mask = None if keep is None else keep.unsqueeze(-2)  # (..., 1, L)
+            vp = augment_values(v, mask, 1.0)
+            B = max(1, torch.Size(batch).numel())
+            if chunk is None:
+                chunk = default_causal_chunk_size(B, d, dv, form)
+            check_efficient_memory(B, L, L, d, dv, form, chunk, q.dtype, q.device, causal=True, train=needs_grad)
+            out, sums = _CausalEfficient.apply(
+                q * scale_, k, vp, sums0, inp.coefficients, form, chunk, output_final_state, has_key
+            )
+    out = out if out.dtype == inp.out_dtype else out.to(inp.out_dtype)
+    if not output_final_state:
+        return out, None
+    return out, CausalState(sums, n_new, length + L, form)
+
+
+class TaylorShiftState:
+    """A decoding state that updates itself: a :class:`CausalState` plus the polynomial and the chunk size, with
+    ``prefill`` / ``step`` methods that call :func:`taylor_shift_causal` and keep its final state.
 
     ``prefill`` then ``step`` computes the same as one causal call over the concatenated sequence: for
-    positions ``t`` (counted from the first prefill) ``out_t = Σ_{j<=t} p(s_tj) v_j / Σ_{j<=t} p(s_tj)``.
+    positions ``t`` (counted from the first prefill) ``out_t = Σ_{j<=t} p(s_tj) v_j / Σ_{j<=t} p(s_tj)``. For
+    inference: the kept state is detached, so a ``prefill`` is differentiable with respect to its own
+    ``query, key, value`` only (for training through the state, call :func:`taylor_shift_causal` directly).
 
     Args:
         batch_shape: leading dims of the inputs, e.g. ``(B, H)``.
@@ -239,6 +590,9 @@ class TaylorShiftState:
         dtype: precision of the inputs; the state is kept in its compute dtype (float32 for half precision).
         device: device of the state.
         chunk_size: chunk of :meth:`prefill` (default :func:`default_causal_chunk_size`).
+
+    Attributes:
+        current: the :class:`CausalState` (replaced by every call).
     """
 
     def __init__(
@@ -253,37 +607,13 @@ class TaylorShiftState:
         device: torch.device | str | None = None,
         chunk_size: int | None = None,
     ) -> None:
-        if not isinstance(batch_shape, (tuple, list, torch.Size)) or not all(
-            isinstance(n, Integral) and not isinstance(n, bool) and n >= 0 for n in batch_shape
-        ):
-            raise ValueError(f"batch_shape must be a tuple of non-negative ints, got {batch_shape!r}")
-        value_dim = head_dim if value_dim is None else value_dim
-        for name, n in (("head_dim", head_dim), ("value_dim", value_dim)):
-            if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
-                raise ValueError(f"{name} must be a positive int, got {n!r}")
-        if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-            raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype}")
-        state_dtype = compute_dtype(dtype)
-        self.batch_shape = tuple(int(n) for n in batch_shape)
-        self.head_dim, self.value_dim = int(head_dim), int(value_dim)
         self.coefficients = check_coefficients(coefficients)
-        self._coefficients = normalize_coefficients(self.coefficients, state_dtype)  # what the kernels use
-        self.form: Form = check_form(form)
-        batch = max(1, torch.Size(self.batch_shape).numel())
-        self.chunk_size = check_chunk_size(chunk_size) or default_causal_chunk_size(
-            batch, self.head_dim, self.value_dim, self.form
-        )
-        device = torch.get_default_device() if device is None else torch.device(device)
-        check_state_memory(batch, self.head_dim, self.value_dim, self.form, state_dtype, device)
-        F = feature_dim(self.head_dim, self.form)
-        self.state = torch.zeros((*self.batch_shape, F, self.value_dim + 1), dtype=state_dtype, device=device)
-        self.length = 0
-        # constants of the single-token step, made once (no tensor is created per step but the results)
-        device = self.state.device
-        self._w = feature_weights(self.head_dim, self.form, self._coefficients, dtype=state_dtype, device=device)
-        self._pairs = expand_pairs(augmented_pairs(self.head_dim, self.form, device), (*self.batch_shape, 2))
-        self._ones = torch.ones((*self.batch_shape, 2, 1), dtype=state_dtype, device=device)
-        self._ones1 = self._ones[..., 1:, :]
+        self.chunk_size = check_chunk_size(chunk_size)
+        self.current = CausalState.zeros(batch_shape, head_dim, value_dim, form=form, dtype=dtype, device=device)
+        normalize_coefficients(self.coefficients, self.current.dtype)  # ratios the state's dtype cannot carry
+        self.batch_shape, self.value_dim = self.current.batch_shape, self.current.value_dim
+        self.head_dim = int(head_dim)
+        self.form: Form = self.current.form
 
     def __repr__(self) -> str:
         return (
@@ -292,35 +622,28 @@ class TaylorShiftState:
         )
 
     @property
+    def state(self) -> Tensor:
+        """The running sums ``(*batch_shape, F, dv + 1)`` (:attr:`CausalState.sums`)."""
+        return self.current.sums
+
+    @property
+    def length(self) -> int:
+        """Positions seen (padding included)."""
+        return self.current.length
+
+    @length.setter
+    def length(self, value: int) -> None:
+        self.current = replace(self.current, length=value)
+
+    @property
     def nbytes(self) -> int:
-        """Bytes of the state tensor (constant: it does not grow with :attr:`length`)."""
+        """Bytes of the running sums (constant: they do not grow with :attr:`length`)."""
         return self.state.numel() * self.state.element_size()
 
     def reset(self) -> None:
         """Forget every position (zero state, ``length = 0``)."""
-        self.state.zero_()
-        self.length = 0
-
-    def _inputs(self, what: str, query, key, value, attn_mask, scale) -> AttentionInputs:
-        inp = check_inputs(query, key, value, attn_mask, scale, self.coefficients)
-        q, v = inp.q, inp.v
-        if tuple(q.shape[:-2]) != self.batch_shape:
-            raise ValueError(f"{what}: inputs have batch dims {tuple(q.shape[:-2])}, the state {self.batch_shape}")
-        if q.shape[-1] != self.head_dim or v.shape[-1] != self.value_dim:
-            raise ValueError(
-                f"{what}: inputs have head sizes d={q.shape[-1]}, dv={v.shape[-1]}, the state "
-                f"d={self.head_dim}, dv={self.value_dim}"
-            )
-        if q.shape[-2] != inp.k.shape[-2]:
-            raise ValueError(
-                f"{what}: query has {q.shape[-2]} positions but key has {inp.k.shape[-2]}; decoding is causal "
-                "self-attention, so they must be equal"
-            )
-        if not inp.key_only_mask:
-            raise ValueError(f"{what}: attn_mask must be a key mask broadcastable to (*batch, 1, N)")
-        if q.device != self.state.device:
-            raise ValueError(f"{what}: inputs are on {q.device} but the state is on {self.state.device}")
-        return inp
+        self.current = replace(self.current, sums=torch.zeros_like(self.current.sums),
+                               n_keys=torch.zeros_like(self.current.n_keys), length=0)
 
     def prefill(
         self, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None, scale=None
@@ -335,32 +658,21 @@ class TaylorShiftState:
 
         Returns:
             ``(*batch_shape, N, dv)`` in the dtype of ``query``; differentiable with respect to the new
-            ``query, key, value`` (the earlier state is a constant). The state is updated in place.
+            ``query, key, value`` (the earlier state is a constant). The state is updated.
         """
-        inp = self._inputs("prefill", query, key, value, attn_mask, scale)
-        c = self.state.dtype
-        q, k, v = inp.q.to(c), inp.k.to(c), inp.v.to(c)
-        s = inp.scale.to(c) if isinstance(inp.scale, Tensor) else inp.scale
-        vp = augment_values(v, inp.mask, 1.0)
-        N = q.shape[-2]
-        has_key = rows_with_keys(inp.mask, N, N, True, q.device)
-        if has_key is not None:  # or a key seen before: the state's (constant feature, ones column) entry counts them
-            has_key = has_key | (self.state[..., -1:, -1:] > 0)
-        with autocast_disabled(q.device):
-            out, state = _CausalEfficient.apply(
-                q * s, k, vp, self.state, self._coefficients, self.form, self.chunk_size, True, has_key
-            )
-        self.state = state
-        self.length += q.shape[-2]
-        return out.to(inp.out_dtype)
+        padding = None
+        if attn_mask is not None:
+            inp = check_inputs(query, key, value, attn_mask, scale, self.coefficients)
+            if not inp.key_only_mask:
+                raise ValueError("prefill: attn_mask must be a key mask broadcastable to (*batch, 1, N)")
+            padding = ~(inp.mask if inp.mask.dim() < 2 else inp.mask.squeeze(-2))
+        return self.update(query, key, value, scale=scale, key_padding_mask=padding)
 
     @torch.no_grad()
     def step(self, query: Tensor, key: Tensor, value: Tensor, scale=None) -> Tensor:
         """One new position: add its key and value to the state, then read the state with its query.
 
-        ``O(F·dv)`` time and no allocation that grows with :attr:`length`. Runs without autograd. At small sizes
-        the cost is the number of tensor operations, so the step is written as a fixed 18 of them after the
-        argument checks (see :meth:`_step`).
+        ``O(F·dv)`` time and no allocation that grows with :attr:`length`; runs without autograd.
 
         Args:
             query, key: ``(*batch_shape, 1, d)``; value ``(*batch_shape, 1, dv)``.
@@ -369,33 +681,26 @@ class TaylorShiftState:
         Returns:
             ``(*batch_shape, 1, dv)`` in the dtype of ``query``.
         """
-        inp = self._inputs("step", query, key, value, None, scale)
-        if inp.q.shape[-2] != 1:
-            raise ValueError(f"step: expected one position (*batch, 1, d), got {inp.q.shape[-2]}; use prefill")
-        c = self.state.dtype
-        q, k, v, s = inp.q, inp.k, inp.v, inp.scale
-        if q.dtype != c:
-            q, k, v = q.to(c), k.to(c), v.to(c)
-        if isinstance(s, Tensor) and s.dtype != c:
-            s = s.to(c)
-        with autocast_disabled(q.device):
-            out = self._step(q * s, k, v)
-        return out if out.dtype == inp.out_dtype else out.to(inp.out_dtype)
+        if isinstance(query, Tensor) and query.dim() >= 2 and query.shape[-2] != 1:
+            raise ValueError(f"step: expected one position (*batch, 1, d), got {query.shape[-2]}; use prefill")
+        return self.update(query, key, value, scale=scale)
 
-    def _step(self, qs: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """:meth:`step` on checked inputs in the state's dtype: scaled query ``qs`` and key ``(*batch, 1, d)``,
-        value ``(*batch, 1, dv)``; returns ``(*batch, 1, dv)``.
+    def update(
+        self, query: Tensor, key: Tensor, value: Tensor, *, scale=None, key_padding_mask: Tensor | None = None
+    ) -> Tensor:
+        """The general call behind :meth:`prefill` and :meth:`step`: :func:`taylor_shift_causal` from
+        :attr:`current` (any number of positions; ``key_padding_mask`` broadcastable to ``(*batch_shape, N)``,
+        True = padding), keeping its final state (detached).
 
-        The features of both rows come from two gathers of ``[q̃ | 1]``, ``[k | 1]`` (:func:`one_row_features`),
-        the update is one fused multiply-add and the read-out one matmul whose last column is the denominator;
-        the constants (indices, weights, ones) are made in ``__init__``.
+        Returns:
+            ``(*batch_shape, N, dv)`` in the dtype of ``query``.
         """
-        x1 = torch.cat([torch.cat([qs, k], dim=-2), self._ones], dim=-1)  # [q̃ | 1], [k | 1]: (*batch, 2, d + 1)
-        phi = one_row_features(x1, self._pairs)  # (*batch, 2, F)
-        vp = torch.cat([v, self._ones1], dim=-1)  # [v | 1]
-        y = update_and_read(self.state, phi[..., 1:, :], vp, phi[..., :1, :] * self._w)
-        self.length += 1
-        return y[..., :-1] / y[..., -1:]  # the new key is attendable: every step row has a key (divide_rows)
+        out, state = taylor_shift_causal(
+            query, key, value, initial_state=self.current, output_final_state=True, scale=scale,
+            coefficients=self.coefficients, key_padding_mask=key_padding_mask, chunk_size=self.chunk_size,
+        )
+        self.current = state.detach()
+        return out
 
 
 def expand_pairs(pairs: tuple[Tensor, Tensor], leading: tuple[int, ...]) -> tuple[Tensor, Tensor]:
@@ -417,18 +722,3 @@ def one_row_features(x1: Tensor, pairs: tuple[Tensor, Tensor]) -> Tensor:
     if i.dim() == 1:
         i, j = expand_pairs(pairs, x1.shape[:-1])
     return torch.gather(x1, -1, i) * torch.gather(x1, -1, j)  # torch.gather: a few times faster than index_select
-
-
-def update_and_read(state: Tensor, phi_k: Tensor, vp: Tensor, phi_q_weighted: Tensor) -> Tensor:
-    """One decoding step on the unweighted state ``(*batch, F, e)``, in place: ``state += φ(k) v'ᵀ`` (one fused
-    multiply-add), then the read-out ``[num | den] = φ(q̃)ᵀ diag(w) state`` (one matmul).
-
-    Args:
-        phi_k: ``(*batch, 1, F)`` features of the new key; ``vp``: ``(*batch, 1, e)``, ``[v | 1]``.
-        phi_q_weighted: ``(*batch, 1, F)``, ``φ(q̃) ⊙ w``.
-
-    Returns:
-        ``(*batch, 1, e)``.
-    """
-    state.addcmul_(phi_k.mT, vp)
-    return phi_q_weighted @ state

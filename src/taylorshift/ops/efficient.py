@@ -15,7 +15,9 @@ Streaming. Keys are folded into ``Z`` chunk by chunk and queries read ``Z`` chun
 backward recomputes the features chunk by chunk, so training stores only ``q̃, k, V'``, the output, the
 denominator and ``Z``: ``O(N·d + F·dv)``. The causal variant (:mod:`taylorshift.ops.causal`) reuses
 :func:`augment_values`, :func:`accumulate_state`, :func:`state_product` and :func:`read_state` with a
-running state.
+running state. The two halves are also differentiable functions of their own, :func:`key_state` (keys → ``Z``)
+and :func:`state_attention` (queries, ``Z`` → output), with the same backward pieces; the sequence-parallel op
+(:mod:`taylorshift.distributed`) sums ``Z`` over ranks between them.
 
 Numerics. ``V'`` is divided by the number of key positions ``S`` (it cancels in the ratio), so ``Z`` is an
 average and stays ``O(max |v|)`` at any length; fp16/bf16 inputs are computed in float32.
@@ -46,6 +48,7 @@ from taylorshift.ops.features import (
     Form,
     blocked_feature_dim,
     check_form,
+    feature_dim,
     feature_weights,
     row_blocks,
     taylor_features,
@@ -54,7 +57,14 @@ from taylorshift.ops.features import (
 from taylorshift.ops.inputs import AttentionInputs
 from taylorshift.ops.memory import check_efficient_memory
 
-__all__ = ["DEFAULT_FORM", "default_chunk_size", "efficient_attention", "efficient_functional"]
+__all__ = [
+    "DEFAULT_FORM",
+    "default_chunk_size",
+    "efficient_attention",
+    "efficient_functional",
+    "key_state",
+    "state_attention",
+]
 
 
 KERNEL_ROW_BLOCKS = 8
@@ -184,6 +194,80 @@ def _power_of_two_scale(t: Tensor, low: torch.dtype | None, target: float) -> fl
     return 2.0 ** math.floor(math.log2(target / m))
 
 
+def read_state_backward(
+    qs: Tensor,
+    weighted: Tensor,
+    out: Tensor,
+    den: Tensor,
+    dout: Tensor,
+    has_key: Tensor | None,
+    form: Form,
+    chunk: int,
+    need_q: bool,
+    blocks: Blocks | None = None,
+    low: torch.dtype | None = None,
+) -> tuple[Tensor | None, Tensor]:
+    """Backward of :func:`read_state`: from ``dout (*batch, L, dv)`` the gradients ``(dqs, dweighted)`` with respect
+    to the scaled queries (None unless ``need_q``) and to ``diag(w)·state`` ``(*batch, F, dv+1)``; the features
+    are recomputed chunk by chunk. With ``low`` the products run in that format on ``∂y`` rescaled by a power of
+    two (largest entry about 1/8), and the results are scaled back in float32."""
+    g = dout * reciprocal_rows(den, has_key)  # (*batch, L, dv)
+    dy = torch.cat([g, -(g * out).sum(-1, keepdim=True)], dim=-1)  # (*batch, L, dv+1)
+    dqs = torch.empty_like(qs) if need_q else None
+    dweighted = torch.zeros_like(weighted)  # gradient of diag(w)·state
+    sy = _power_of_two_scale(dy, low, 0.125)
+    q_low, dy_low, weighted_low = _lowered(qs, low), _lowered(dy, low, sy), _lowered(weighted, low)
+    for l0, l1 in spans(qs.shape[-2], chunk):
+        dy_c = dy_low[..., l0:l1, :]
+        phi = taylor_features(q_low[..., l0:l1, :], form, blocks=blocks)  # (*batch, F, c)
+        dweighted += phi @ dy_c
+        if need_q:
+            dphi = torch.matmul(weighted_low, dy_c.transpose(-1, -2), out=phi)  # reuse the buffer
+            dqs[..., l0:l1, :] = taylor_features_backward(qs[..., l0:l1, :], dphi, form, blocks=blocks)
+    if low is not None:
+        dweighted.mul_(1 / sy)
+        if need_q:
+            dqs.mul_(1 / sy)
+    return dqs, dweighted
+
+
+def accumulate_state_backward(
+    k: Tensor,
+    vp: Tensor,
+    dstate: Tensor,
+    form: Form,
+    chunk: int,
+    need_k: bool,
+    need_v: bool,
+    blocks: Blocks | None = None,
+    low: torch.dtype | None = None,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Backward of :func:`accumulate_state`: from ``dstate (*batch, F, e)`` (gradient of the unweighted state) the
+    gradients ``(dk, dvp)`` of ``k (*batch, S, d)`` and ``vp (*batch, S, e)`` (None where not needed). With
+    ``low`` the products run in that format on ``∂Z`` rescaled by a power of two (largest entry about 1) and on
+    ``V'·S/C`` (chunk averages), and the results are scaled back in float32."""
+    dk = torch.empty_like(k) if need_k else None
+    dvp = torch.empty_like(vp) if need_v else None
+    if need_k or need_v:
+        S = k.shape[-2]
+        ck = min(chunk, max(S, 1))
+        sz = _power_of_two_scale(dstate, low, 1.0)
+        k_low, vp_low, dstate_low = _lowered(k, low), _lowered(vp, low, S / ck), _lowered(dstate, low, sz)
+        for s0, s1 in spans(S, chunk):
+            phi = taylor_features(k_low[..., s0:s1, :], form, blocks=blocks)  # (*batch, F, c)
+            if need_v:
+                dvp[..., s0:s1, :] = phi.transpose(-1, -2) @ dstate_low
+            if need_k:
+                dphi = torch.matmul(dstate_low, vp_low[..., s0:s1, :].transpose(-1, -2), out=phi)
+                dk[..., s0:s1, :] = taylor_features_backward(k[..., s0:s1, :], dphi, form, blocks=blocks)
+        if low is not None:
+            if need_v:
+                dvp.mul_(1 / sz)
+            if need_k:
+                dk.mul_(ck / (S * sz))
+    return dk, dvp
+
+
 class _StreamingEfficient(torch.autograd.Function):
     """Chunked forward and recomputing backward of ``out = num/den``,
     ``[num | den] = φ(q̃)ᵀ diag(w) Σ_j φ(k_j) v'_jᵀ``.
@@ -216,46 +300,83 @@ class _StreamingEfficient(torch.autograd.Function):
     def backward(ctx, dout):  # noqa: D102
         no_double_backward()
         qs, k, vp, weighted, w, out, den = ctx.saved_tensors
-        form, chunk, blocks, low = ctx.form, ctx.chunk, ctx.blocks, ctx.low
-        L, S = qs.shape[-2], k.shape[-2]
-        ck = min(chunk, max(S, 1))
-        g = dout * reciprocal_rows(den, ctx.has_key)  # (*batch, L, dv)
-        dy = torch.cat([g, -(g * out).sum(-1, keepdim=True)], dim=-1)  # (*batch, L, dv+1)
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
-        dqs = torch.empty_like(qs) if need_q else None
-        dweighted = torch.zeros_like(weighted)  # gradient of diag(w)·state
-        sy = _power_of_two_scale(dy, low, 0.125)
-        q_low, dy_low, weighted_low = _lowered(qs, low), _lowered(dy, low, sy), _lowered(weighted, low)
-        for l0, l1 in spans(L, chunk):
-            dy_c = dy_low[..., l0:l1, :]
-            phi = taylor_features(q_low[..., l0:l1, :], form, blocks=blocks)  # (*batch, F, c)
-            dweighted += phi @ dy_c
-            if need_q:
-                dphi = torch.matmul(weighted_low, dy_c.transpose(-1, -2), out=phi)  # reuse the buffer
-                dqs[..., l0:l1, :] = taylor_features_backward(qs[..., l0:l1, :], dphi, form, blocks=blocks)
-        if low is not None:
-            dweighted.mul_(1 / sy)
-            if need_q:
-                dqs.mul_(1 / sy)
-        dstate = dweighted.mul_(w)
-        dk = torch.empty_like(k) if need_k else None
-        dvp = torch.empty_like(vp) if need_v else None
-        if need_k or need_v:
-            sz = _power_of_two_scale(dstate, low, 1.0)
-            k_low, vp_low, dstate_low = _lowered(k, low), _lowered(vp, low, S / ck), _lowered(dstate, low, sz)
-            for s0, s1 in spans(S, chunk):
-                phi = taylor_features(k_low[..., s0:s1, :], form, blocks=blocks)  # (*batch, F, c)
-                if need_v:
-                    dvp[..., s0:s1, :] = phi.transpose(-1, -2) @ dstate_low
-                if need_k:
-                    dphi = torch.matmul(dstate_low, vp_low[..., s0:s1, :].transpose(-1, -2), out=phi)
-                    dk[..., s0:s1, :] = taylor_features_backward(k[..., s0:s1, :], dphi, form, blocks=blocks)
-            if low is not None:
-                if need_v:
-                    dvp.mul_(1 / sz)
-                if need_k:
-                    dk.mul_(ck / (S * sz))
+        form, chunk, blocks, low = ctx.form, ctx.chunk, ctx.blocks, ctx.low
+        dqs, dweighted = read_state_backward(
+            qs, weighted, out, den, dout, ctx.has_key, form, chunk, need_q, blocks, low
+        )
+        dk, dvp = accumulate_state_backward(k, vp, dweighted.mul_(w), form, chunk, need_k, need_v, blocks, low)
         return dqs, dk, dvp, None, None, None, None, None, None
+
+
+class _KeyState(torch.autograd.Function):
+    """``state = Σ_j φ(k_j) v'_jᵀ`` (unweighted, ``(*batch, F, e)``), chunked, with a recomputing backward."""
+
+    @staticmethod
+    def forward(ctx, k, vp, form, chunk):  # noqa: D102
+        batch = torch.broadcast_shapes(k.shape[:-2], vp.shape[:-2])
+        state = k.new_zeros((*batch, feature_dim(k.shape[-1], form), vp.shape[-1]))
+        accumulate_state(state, k, vp, form, chunk)
+        ctx.save_for_backward(k, vp)
+        ctx.form, ctx.chunk = form, chunk
+        return state
+
+    @staticmethod
+    def backward(ctx, dstate):  # noqa: D102
+        no_double_backward()
+        k, vp = ctx.saved_tensors
+        dk, dvp = accumulate_state_backward(k, vp, dstate, ctx.form, ctx.chunk, *ctx.needs_input_grad[:2])
+        return dk, dvp, None, None
+
+
+class _ReadState(torch.autograd.Function):
+    """``out = num/den``, ``[num | den] = φ(q̃)ᵀ diag(w) state``, chunked, with a recomputing backward."""
+
+    @staticmethod
+    def forward(ctx, qs, state, w, form, chunk, has_key):  # noqa: D102
+        weighted = state * w
+        out, den = read_state(qs, weighted, form, chunk, has_key)
+        ctx.save_for_backward(qs, weighted, w, out, den)
+        ctx.form, ctx.chunk, ctx.has_key = form, chunk, has_key
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):  # noqa: D102
+        no_double_backward()
+        qs, weighted, w, out, den = ctx.saved_tensors
+        need_q, need_state = ctx.needs_input_grad[:2]
+        dqs, dweighted = read_state_backward(qs, weighted, out, den, dout, ctx.has_key, ctx.form, ctx.chunk, need_q)
+        return dqs, (dweighted.mul_(w) if need_state else None), None, None, None, None
+
+
+def key_state(k: Tensor, vp: Tensor, form: Form, chunk: int) -> Tensor:
+    """The keys' half of the efficient form, differentiable: ``Σ_j φ(k_j) v'_jᵀ`` (unweighted features).
+
+    Args:
+        k: ``(*batch, S, d)``; ``vp``: ``(*batch, S, e)`` (:func:`augment_values`).
+        form: feature form; ``chunk``: keys per chunk.
+
+    Returns:
+        ``(*batch, F, e)``. States of disjoint key sets add up to the state of their union (the basis of the
+        sequence-parallel form, :mod:`taylorshift.distributed`).
+    """
+    return _KeyState.apply(k, vp, form, chunk)
+
+
+def state_attention(qs: Tensor, state: Tensor, coefficients, form: Form, chunk: int, has_key: Tensor | None) -> Tensor:
+    """The queries' half of the efficient form, differentiable: ``num / den`` with
+    ``[num | den] = φ(q̃)ᵀ diag(w) state``.
+
+    Args:
+        qs: scaled queries ``(*batch, L, d)``; ``state``: ``(*batch, F, e)`` from :func:`key_state`.
+        coefficients: normalised ``(a, b, c)`` (:func:`taylorshift.ops.polynomial.normalize_coefficients`).
+        has_key: None or bool broadcastable to ``(*batch, L, 1)``: rows with an attendable key.
+
+    Returns:
+        ``(*batch, L, e - 1)``.
+    """
+    w = feature_weights(qs.shape[-1], form, coefficients, dtype=state.dtype, device=state.device).unsqueeze(-1)
+    return _ReadState.apply(qs, state, w, form, chunk, has_key)
 
 
 def efficient_functional(qs: Tensor, k: Tensor, vp: Tensor, coefficients, form: Form, has_key: Tensor | None) -> Tensor:

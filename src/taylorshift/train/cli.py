@@ -15,6 +15,8 @@ examples:
   taylorshift train --task listops --attention softmax --max-steps 2000 --set model_overrides.depth=1
   taylorshift train --config configs/lra/listops.yaml --attention taylorshift --resume
   torchrun --nproc_per_node 2 -m taylorshift train --task pixels --max-steps 500 --threads 1
+  torchrun --nproc_per_node 2 -m taylorshift train --task listops --max-steps 500 --sequence-parallel 2 \
+      --set model_overrides.drop_path=0
 
 Precedence: TrainConfig defaults < --config file < --set key=value < explicit flags.
 A run folder (--out-dir, default runs/<task>-<model>-<attention>) gets config.json, metrics.csv, curves.png,
@@ -27,7 +29,7 @@ Errors (a bad value, an unknown task, an unwritable --out-dir, ...) are reported
 _FLAGS = ("task", "model", "attention", "backend", "cache_dir", "out_dir", "batch_size", "eval_batch_size",
           "max_steps", "epochs", "budget_minutes", "budget_clock", "lr", "weight_decay", "warmup_steps",
           "label_smoothing", "grad_clip", "seed", "train_samples", "eval_every", "eval_samples", "ckpt_every",
-          "log_every", "threads")
+          "log_every", "threads", "sequence_parallel")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ckpt-every", type=positive_int, help="checkpoint every N steps (default 200)")
     g.add_argument("--log-every", type=positive_int, help="log training metrics every N steps (default 10)")
     g.add_argument("--threads", type=positive_int, help="torch threads per process")
+    g.add_argument("--sequence-parallel", type=positive_int, metavar="K",
+                   help="split every example's sequence across K processes (torchrun; TaylorShift attention, token "
+                   "and LM tasks, drop_path 0); the processes form WORLD/K data-parallel groups (default 1: off)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 

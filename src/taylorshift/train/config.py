@@ -73,6 +73,9 @@ class TrainConfig:
         ckpt_every: write the checkpoint every this many steps (it is also written at the end).
         log_every: log training loss/accuracy (averaged over the interval) every this many steps.
         threads: torch threads per process (None: torch's default).
+        sequence_parallel: split the sequence of every example across this many processes (under ``torchrun``;
+            TaylorShift attention, token and LM tasks; see :mod:`taylorshift.distributed`); the processes form
+            ``world_size / sequence_parallel`` data-parallel groups. 1: off.
         progress: show progress bars.
     """
 
@@ -106,6 +109,7 @@ class TrainConfig:
     log_every: int = 10
     threads: int | None = None
     progress: bool = True
+    sequence_parallel: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
@@ -117,7 +121,7 @@ class TrainConfig:
         if len(budgets) != 1:
             raise ConfigError(budgets[-1] if budgets else "max_steps",
                               f"set exactly one of max_steps, epochs, budget_minutes (got {budgets or 'none'})")
-        for name in ("batch_size", "eval_batch_size", "ckpt_every", "log_every"):
+        for name in ("batch_size", "eval_batch_size", "ckpt_every", "log_every", "sequence_parallel"):
             _check_min(name, getattr(self, name), 1)
         for name in ("eval_every", "warmup_steps", "seed", "weight_decay", "grad_clip"):
             _check_min(name, getattr(self, name), 0)

@@ -74,3 +74,38 @@ def max_over_ranks(info: DistInfo, value: int) -> int:
     t = torch.tensor([value], dtype=torch.long, device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
+
+
+def new_groups(info: DistInfo, size: int) -> tuple[object, int, int]:
+    """Split the processes into consecutive groups of ``size`` ranks (sequence parallelism): this process's group
+    (``torch.distributed.group.WORLD`` when there is one group), the group's index and the number of groups. Every
+    process must call it (``new_group`` is collective)."""
+    if info.world_size % size:
+        raise ValueError(
+            f"sequence_parallel ({size}) must divide the number of processes ({info.world_size}); "
+            f"launch with torchrun --nproc_per_node a multiple of {size}"
+        )
+    count = info.world_size // size
+    mine = dist.group.WORLD
+    if count > 1:
+        for g in range(count):
+            group = dist.new_group(list(range(g * size, (g + 1) * size)))
+            if g == info.rank // size:
+                mine = group
+    return mine, info.rank // size, count
+
+
+def sum_gradients(info: DistInfo, params: list[torch.nn.Parameter], divisor: float = 1.0) -> None:
+    """Sum every gradient over all processes (one all-reduce of a flat buffer) and divide by ``divisor``; a
+    missing gradient counts as zero (a parameter used on some ranks only, such as a CLS token)."""
+    if not info.enabled:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= divisor
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n

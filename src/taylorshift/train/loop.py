@@ -32,7 +32,7 @@ from taylorshift.files import atomic_open, remove_stale_temps
 from taylorshift.models.registry import model_config
 from taylorshift.train import checkpoint as ckpt
 from taylorshift.train import distributed as dist_utils
-from taylorshift.train.batches import autocast, evaluate, logits_of, loss_and_correct, make_batch
+from taylorshift.train.batches import Batch, autocast, evaluate, logits_of, loss_and_correct, make_batch
 from taylorshift.train.config import TrainConfig, write_config
 from taylorshift.train.metrics import MetricsLog, plot_curves
 
@@ -130,6 +130,7 @@ class Trainer:
         from taylorshift.models.registry import build_model
 
         self.model = build_model(self.model_config).to(self.info.device)
+        self._setup_sequence_parallel()
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                            betas=cfg.betas)
         self._load_data()
@@ -141,10 +142,32 @@ class Trainer:
         if self.resuming:
             self._resume()
         self.ddp = self.model
-        if self.info.enabled:
+        if self.info.enabled and self.sp_size == 1:
             self.ddp = nn.parallel.DistributedDataParallel(self.model)
 
     # ----------------------------------------------------------------------------------------------- setup
+    def _setup_sequence_parallel(self) -> None:
+        """``sequence_parallel = K > 1``: groups of K consecutive ranks share every example, each holding a
+        contiguous part of its sequence; the groups are data parallel. Gradients are summed over all ranks
+        (:func:`dist_utils.sum_gradients`) instead of DDP."""
+        info, size = self.info, self.cfg.sequence_parallel
+        self.sp_size, self.sp_group, self.dp_index, self.dp_size = size, None, info.rank, info.world_size
+        if size == 1:
+            return
+        if not info.enabled:
+            raise ValueError(f"sequence_parallel={size} needs {size} or a multiple of {size} processes: launch "
+                             f"with torchrun --nproc_per_node {size} -m taylorshift train ...")
+        if self.kind not in ("tokens", "lm"):
+            raise ValueError(f"sequence_parallel works on token and LM tasks; task {self.task.name!r} is {self.kind}")
+        if getattr(self.model_config, "drop_path", 0.0) > 0:
+            raise ValueError("sequence_parallel needs drop_path = 0 (pass --set model_overrides.drop_path=0): "
+                             "stochastic depth drops whole examples, and the ranks sharing an example would draw "
+                             "different masks")
+        from taylorshift.distributed import set_sequence_parallel
+
+        self.sp_group, self.dp_index, self.dp_size = dist_utils.new_groups(info, size)
+        set_sequence_parallel(self.model, self.sp_group)
+
     def _check_run_dir(self, resume: bool, overwrite: bool) -> None:
         self.resuming = False
         if self.ckpt_path.exists() or (self.out / "metrics.csv").exists():
@@ -198,9 +221,10 @@ class Trainer:
             indices = indices[: cfg.train_samples]
         self.train_set, self.train_indices = train, indices
         self.test_set = task.dataset("test", cfg.cache_dir, **cfg.data_options)
-        world = self.info.world_size
+        world = self.dp_size  # data-parallel groups (the processes, without sequence parallelism)
         if cfg.batch_size % world:
-            raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by the number of processes ({world})")
+            raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by the number of data-parallel "
+                             f"groups ({world})")
         self.steps_per_epoch = len(indices) // cfg.batch_size
         if self.steps_per_epoch < 1:
             raise ValueError(f"batch_size ({cfg.batch_size}) is larger than the training set ({len(indices)})")
@@ -226,6 +250,9 @@ class Trainer:
         if diff:
             details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {own[k]!r}" for k in diff)
             raise ckpt.CheckpointError(f"checkpoint {self.ckpt_path} belongs to a different run ({details})")
+        if meta.get("config", {}).get("sequence_parallel", 1) != self.cfg.sequence_parallel:
+            raise ckpt.CheckpointError("checkpoint was written with sequence_parallel="
+                                       f"{meta['config'].get('sequence_parallel', 1)}; resume with the same value")
         if meta.get("world_size", 1) != self.info.world_size:
             raise ckpt.CheckpointError(f"checkpoint was written by {meta.get('world_size')} process(es); resume "
                                        f"with the same number (now {self.info.world_size})")
@@ -243,7 +270,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ the loop
     def _batch_indices(self, step: int) -> list[int]:
-        cfg, info = self.cfg, self.info
+        cfg = self.cfg
         epoch, within = divmod(step, self.steps_per_epoch)
         if getattr(self, "_perm_epoch", None) != epoch:
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -251,9 +278,40 @@ class Trainer:
             self._perm_epoch = epoch
         start = within * cfg.batch_size
         global_batch = self._perm[start: start + cfg.batch_size]
-        local = cfg.batch_size // info.world_size
-        part = global_batch[info.rank * local: (info.rank + 1) * local]
+        local = cfg.batch_size // self.dp_size
+        part = global_batch[self.dp_index * local: (self.dp_index + 1) * local]
         return [self.train_indices[i] for i in part]
+
+    def _batch(self, step: int):
+        """The batch of ``step`` for this process: its data-parallel part, and with sequence parallelism its part
+        of every sequence (items drawn under a per-step seed, so random crops agree within the group)."""
+        indices = self._batch_indices(step)
+        if self.sp_size == 1:
+            return make_batch(self.kind, [self.train_set[i] for i in indices], self.task.pad_id, self.info.device)
+        from taylorshift.distributed import split_sequence
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.cfg.seed * 1_000_003 + step) * 1_009 + self.dp_index)
+            items = [self.train_set[i] for i in indices]
+        batch = make_batch(self.kind, items, self.task.pad_id, self.info.device)
+        rank, size = self.info.rank % self.sp_size, self.sp_size
+        targets = split_sequence(batch.targets, rank, size) if self.kind == "lm" else batch.targets
+        return Batch(split_sequence(batch.inputs, rank, size), targets, split_sequence(batch.padding, rank, size))
+
+    def _group_loss(self, loss: torch.Tensor, correct: torch.Tensor, count: int):
+        """With sequence parallelism: ``(group loss, this rank's share, correct, count)`` of the whole sequences.
+        Classifiers: every rank has the group's logits, so the loss is replicated and each rank backpropagates
+        ``1/K`` of it. LMs: each rank has its positions; its share is its sum of losses over the group's count."""
+        if self.kind != "lm":
+            return loss, loss / self.sp_size, correct, count
+        import torch.distributed as dist
+
+        stats = torch.stack([torch.tensor(float(count), dtype=torch.float64, device=loss.device), correct.double()])
+        dist.all_reduce(stats, group=self.sp_group)
+        share = loss * (count / stats[0])
+        total = share.detach().clone()
+        dist.all_reduce(total, group=self.sp_group)
+        return total, share, stats[1], int(stats[0])
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -273,9 +331,12 @@ class Trainer:
     def run_eval(self, split: str) -> dict[str, float] | None:
         """Evaluate on ``split`` (main process only) and log it."""
         if self.info.is_main:
+            from taylorshift.distributed import sequence_parallel_disabled
+
             dataset = self.val_set if split == "val" else self.test_set
-            r = evaluate(self.model, self.kind, dataset, self.task.pad_id, self.info.device,
-                         self.cfg.eval_batch_size, self.cfg.eval_samples, self.cfg.bf16)
+            with sequence_parallel_disabled(self.model):  # whole sequences, on this process alone
+                r = evaluate(self.model, self.kind, dataset, self.task.pad_id, self.info.device,
+                             self.cfg.eval_batch_size, self.cfg.eval_samples, self.cfg.bf16)
             self.metrics.append(step=self.step, split=split, epoch=self.step / self.steps_per_epoch, loss=r.loss,
                                 accuracy=r.accuracy, samples=r.count, train_seconds=self.clock.wall,
                                 cpu_seconds=self.clock.cpu)
@@ -322,18 +383,22 @@ class Trainer:
             lr = learning_rate(cfg, self.step, self.total_steps, self.warmup)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            items = [self.train_set[i] for i in self._batch_indices(self.step)]
-            batch = make_batch(self.kind, items, self.task.pad_id, info.device)
+            batch = self._batch(self.step)
             with autocast(cfg.bf16, info.device):
                 logits = logits_of(self.ddp, self.kind, batch)
             loss, correct, count = loss_and_correct(logits, batch.targets, cfg.label_smoothing)
+            share = loss  # what this process backpropagates
+            if self.sp_size > 1:
+                loss, share, correct, count = self._group_loss(loss, correct, count)
             if not torch.isfinite(loss):
                 last = (f"the last checkpoint is {self.ckpt_path}" if self.ckpt_path.exists()
                         else "no checkpoint was written")
                 raise FloatingPointError(f"training loss is {loss.item()} at step {self.step}: lower lr "
                                          f"({cfg.lr}) or disable bf16; {last}")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            share.backward()
+            if self.sp_size > 1:  # Σ over ranks = Σ over groups of their loss's gradient; mean over the groups
+                dist_utils.sum_gradients(info, list(self.model.parameters()), self.dp_size)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()

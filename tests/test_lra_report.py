@@ -1,0 +1,97 @@
+"""docs/results.md is rendered from summary.json and runs.json only: check the numbers and verdicts it prints on
+synthetic run data (benchmarks/lra_report.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import lra_report  # noqa: E402
+
+
+def _runs(ts, sm):
+    return [{"attention": a, "seed": i, "steps": 2000, "test_accuracy": acc}
+            for a, accs in (("taylorshift", ts), ("softmax", sm)) for i, acc in enumerate(accs)]
+
+
+def _summary(tasks):
+    recipes = {"paper": {}, "r": {"model_overrides.temperature_init": 4.0}}
+    return {"tasks": tasks, "lm": [], "protocol": {"chosen_recipe": "r", "recipe": recipes["r"], "recipes": recipes,
+                                                   "seeds": [0, 1, 2]}}
+
+
+def _task(name, majority, ts, sm):
+    return {"name": name, "stands_in_for": "X", "data": "d", "train_size": 1000, "test_size": 200,
+            "majority_rate": majority, "runs": _runs(ts, sm)}
+
+
+META = {"generated": "now", "commit": "abc", "torch": "t", "python": "p", "machine": "m"}
+
+
+def test_report_numbers_and_generated_verdicts():
+    summary = _summary([
+        _task("learned", 17.6, [40.0, 41.0, 40.5], [40.2, 40.8, 40.6]),
+        _task("flat", 50.0, [50.0, 51.0, 50.5], [50.0, 50.0, 50.0]),
+        _task("half", 10.0, [60.0], [61.0]),
+    ])
+    text = lra_report.render_protocol_report(summary, [], META)
+    row = next(line for line in text.splitlines() if line.startswith("| learned"))
+    assert "| 40.50 ± 0.50 | 40.53 ± 0.31 |" in row and "| 17.6 |" in row and "1,000 / 200" in row
+    # paired differences -0.2, +0.2, -0.1: mean -0.033, interval inside ±1 -> within 1 point
+    assert "-0.03 [" in row and row.endswith("| within 1 point |")
+    assert "| flat (X)" in text and "not learned (excluded)" in text
+    assert "Not learned by both attentions (excluded from the verdict): flat." in text
+    assert "half (1 seed pair(s) finished)" in text
+    assert "**Over the 1 task(s) that learned, TaylorShift vs softmax: 1 within 1 point**" in text
+
+
+def test_report_says_worse_and_better_when_the_interval_says_so():
+    summary = _summary([
+        _task("worse", 10.0, [30.0, 31.0, 30.5], [40.0, 41.0, 40.8]),
+        _task("better", 10.0, [50.0, 51.0, 50.5], [40.0, 41.0, 40.8]),
+    ])
+    text = lra_report.render_protocol_report(summary, [], META)
+    assert next(ln for ln in text.splitlines() if ln.startswith("| worse")).endswith("| worse |")
+    assert next(ln for ln in text.splitlines() if ln.startswith("| better")).endswith("| better |")
+    assert "TaylorShift vs softmax: 1 better, 1 worse**" in text
+
+
+def test_sweep_table_shares_the_softmax_run_across_temperatures():
+    records = [
+        {"protocol": "sweep", "task": "t", "recipe": "paper", "attention": "softmax", "val_accuracy": 33.3,
+         "steps": 100},
+        {"protocol": "sweep", "task": "t", "recipe": "r", "attention": "taylorshift", "val_accuracy": 30.0,
+         "steps": 100},
+    ]
+    text = lra_report.render_protocol_report(_summary([]), records, META)
+    assert "| t | taylorshift | – | 30.0 (100) |" in text
+    assert "| t | softmax | 33.3 (100) | 33.3 (100) |" in text
+
+
+def test_lm_section_reads_bits_per_byte_lower_is_better():
+    lm = [{"name": "fortunes-lm", "runs": [
+        {"attention": a, "seed": i, "steps": 600, "test_bits_per_byte": v}
+        for a, vals in (("taylorshift", [2.10, 2.12, 2.11]), ("softmax", [2.30, 2.31, 2.33]))
+        for i, v in enumerate(vals)
+    ]}]
+    summary = _summary([])
+    summary["lm"] = lm
+    text = lra_report.render_protocol_report(summary, [], META)
+    row = next(ln for ln in text.splitlines() if ln.startswith("| fortunes-lm"))
+    assert "| 2.110 ± 0.010 | 2.313 ± 0.015 | -0.203 [" in row and row.endswith("| better |")
+
+
+def test_embedding_section_pairs_conv_with_the_linear_matched_runs():
+    def rec(protocol, seed, acc):
+        return {"protocol": protocol, "task": "pixels", "attention": "taylorshift", "seed": seed, "steps": 100,
+                "test_accuracy": acc, "recipe": "r"}
+
+    records = [rec("matched", s, a) for s, a in enumerate([50.0, 51.0, 52.0])]
+    records += [rec("embed", s, a) for s, a in enumerate([60.0, 61.5, 62.0])]
+    text = lra_report.render_protocol_report(_summary([]), records, META)
+    row = next(ln for ln in text.splitlines() if ln.startswith("| pixels | 100"))
+    assert "| 51.00 ± 1.00 | 61.17 ± 1.04 | +10.17 [" in row and row.endswith("| better |")
