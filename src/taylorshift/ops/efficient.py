@@ -136,7 +136,7 @@ def accumulate_state(
     for s0, s1 in spans(k.shape[-2], chunk):
         if phi is None or phi.shape[-1] != s1 - s0:
             phi = k.new_empty((*k.shape[:-2], state.shape[-2], s1 - s0))  # one buffer for all full chunks
-        taylor_features(k[..., s0:s1, :], form, out=phi, blocks=blocks)  # (*batch, F, c)
+        phi = taylor_features(k[..., s0:s1, :], form, out=phi, blocks=blocks)  # (*batch, F, c)
         state += phi @ vp[..., s0:s1, :]
     return state
 

@@ -136,7 +136,8 @@ def taylor_features(
     Args:
         x: ``(*batch, N, d)``.
         form: ``"full"`` or ``"symmetric"``.
-        out: optional ``(*batch, F, N)`` buffer to write into.
+        out: optional ``(*batch, F, N)`` buffer to write into (not written while ``torch.compile`` traces: always
+            use the returned tensor).
         blocks: the layout of the second-order part (:func:`row_blocks`); default the canonical one of ``form``.
 
     Returns:
