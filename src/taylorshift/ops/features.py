@@ -146,22 +146,24 @@ def taylor_features(
     d, N = x.shape[-1], x.shape[-2]
     canonical = blocks is None
     blocks = row_blocks(d, form) if canonical else blocks
-    xt = x.transpose(-1, -2).contiguous()  # (*batch, d, N)
     if torch.compiler.is_compiling():
         # functional form for the compiler (it fuses the products and the concatenation itself)
+        xt = x.transpose(-1, -2)  # (*batch, d, N)
         second = [(xt[..., o:e, None, :] * xt[..., None, o:, :]).flatten(-3, -2) for o, e in blocks]
         return torch.cat([*second, xt, torch.ones_like(xt[..., :1, :])], dim=-2)
     if out is None and canonical and N <= _FEW_ROWS and form == "symmetric" and d > 1:
-        return _few_row_features(x, xt)
+        return _few_row_features(x, x.transpose(-1, -2).contiguous())
     if out is None:
         out = x.new_empty((*x.shape[:-2], blocked_feature_dim(d, blocks), N))
+    n2 = out.shape[-2] - d - 1
+    xt = out[..., n2 : n2 + d, :]  # the first-order rows, (*batch, d, N): written first, then read by the products
+    xt.copy_(x.transpose(-1, -2))
     off = 0
     for o, e in blocks:  # block (o, e): x_i · x_{o..d-1} for o <= i < e, one broadcast product
         size = (e - o) * (d - o)
         block = out[..., off : off + size, :].unflatten(-2, (e - o, d - o))  # (*batch, e-o, d-o, N)
         torch.mul(xt[..., o:e, None, :], xt[..., None, o:, :], out=block)
         off += size
-    out[..., off : off + d, :] = xt
     out[..., -1, :] = 1.0
     return out
 
