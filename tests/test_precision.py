@@ -170,11 +170,32 @@ def test_choice_is_never_slower_in_its_own_measurements():
 @pytest.mark.parametrize("dtype", LOW)
 def test_calibrate_precision_measures_both_and_stores_a_consistent_choice(dtype):
     result = calibrate_precision(8, dtype, heads=2, lengths=[64, 128], repeats=1)
-    assert len(result.points) == 4 and {m for _, m, _, _ in result.points} == {"forward", "train"}
-    faster_everywhere = all(tl < t32 for _, _, t32, tl in result.points)
-    assert result.choice == (result.dtype if faster_everywhere else "float32")
+    if result.probe[result.dtype] < result.probe["float32"] / 8:  # emulated format (float16 on most CPUs)
+        assert result.points == [] and result.choice == "float32"
+    else:
+        assert len(result.points) == 4 and {m for _, m, _, _ in result.points} == {"forward", "train"}
+        faster_everywhere = all(tl < t32 for _, _, t32, tl in result.points)
+        assert result.choice == (result.dtype if faster_everywhere else "float32")
     save_precision(precision_entries([result]))
     assert lookup_precision("cpu", result.dtype, 8) == result.choice
+
+
+@pytest.mark.parametrize("low_rate", [1.0, 1000.0])
+def test_calibrate_precision_probe_and_fake_timings(monkeypatch, low_rate):
+    import taylorshift.bench.calibrate as cal
+
+    monkeypatch.setattr(cal, "matmul_probe", lambda dtype, device="cpu": 100.0 if dtype == torch.float32 else low_rate)
+    calls = []
+
+    def timer(fn, reps):  # the low-precision call is the second of each pair: make it the faster
+        calls.append(fn)
+        return 2.0 if len(calls) % 2 else 1.0
+
+    result = cal.calibrate_precision(8, torch.bfloat16, heads=1, lengths=[32], timer=timer)
+    if low_rate < 100.0 / 8:
+        assert result.choice == "float32" and result.points == [] and not calls
+    else:
+        assert result.choice == "bfloat16" and len(result.points) == 2
 
 
 @pytest.mark.slow

@@ -143,17 +143,43 @@ PRECISION_LENGTHS = (4096, 16384)
 """Default lengths of :func:`calibrate_precision` (the efficient kernel's regime)."""
 
 
+PROBE_SIZE = 256
+"""Side of the square matmul that :func:`matmul_probe` times."""
+
+
+def matmul_probe(dtype: torch.dtype, device: str = "cpu", size: int = PROBE_SIZE, repeats: int = 3) -> float:
+    """GFLOP/s of a ``size³`` matmul in ``dtype`` (best of ``repeats`` after a warm-up): a quick test for
+    emulated formats (float16 on CPUs without float16 units runs hundreds of times slower than float32)."""
+    import time
+
+    from taylorshift.bench.timing import synchronize
+
+    a = torch.randn(size, size, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
+    a @ a
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        t = time.perf_counter()
+        a @ a
+        synchronize(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best / 1e9
+
+
 @dataclass
 class PrecisionCalibration:
     """Result for one head size and half-precision dtype: the efficient kernel timed with ``precision="float32"``
     and with the dtype's own format, ``points = [(n, mode, t_float32, t_low)]`` in seconds (``mode`` is
-    ``"forward"`` or ``"train"``), and the ``choice``."""
+    ``"forward"`` or ``"train"``), and the ``choice``. ``probe`` holds the :func:`matmul_probe` rates
+    (GFLOP/s) of float32 and the low format; when the low format's is below 1/8 of float32's the points are not
+    timed (they would take minutes) and the choice is float32."""
 
     d: int
     dtype: str
     choice: str
     points: list[tuple[int, str, float, float]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    probe: dict[str, float] = field(default_factory=dict)
 
     def entry(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,6 +223,20 @@ def calibrate_precision(
         def timer(fn, reps):
             return time_call(fn, repeats=reps, warmup=1, device=device).median
 
+    meta = {
+        "device": device,
+        "heads": heads,
+        "batch": batch,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    probe = {"float32": matmul_probe(torch.float32, device), name: matmul_probe(dtype, device)}
+    if probe[name] < probe["float32"] / 8:
+        if progress is not None:
+            progress(f"d={d} {name}: {probe[name]:.1f} GFLOP/s vs float32 {probe['float32']:.1f} (emulated): float32")
+        return PrecisionCalibration(d, name, "float32", [], meta, probe)
     gen = torch.Generator(device="cpu").manual_seed(d)
     points = []
     for n in sorted(set(int(n) for n in lengths)):
@@ -220,16 +260,7 @@ def calibrate_precision(
             points.append((n, mode, t[0], t[1]))
             if progress is not None:
                 progress(f"d={d} {name} N={n} {mode}: float32 {t[0] * 1e3:.2f} ms, {name} {t[1] * 1e3:.2f} ms")
-    meta = {
-        "device": device,
-        "heads": heads,
-        "batch": batch,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    return PrecisionCalibration(d, name, choose_precision(name, points), points, meta)
+    return PrecisionCalibration(d, name, choose_precision(name, points), points, meta, probe)
 
 
 def precision_entries(results: Sequence[PrecisionCalibration]) -> dict[str, dict[str, Any]]:

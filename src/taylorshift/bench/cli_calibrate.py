@@ -67,7 +67,9 @@ def _run_precision(args: argparse.Namespace) -> int:
                                                progress=lambda msg: print(msg, file=sys.stderr)))
     print(f"{'dtype':>9} {'d':>4} {'choice':>9}  float32 / low-precision time at each point")
     for r in results:
-        ratios = ", ".join(f"N={n} {m} {t32 / tl:.2f}x" for n, m, t32, tl in r.points)
+        ratios = ", ".join(f"N={n} {m} {t32 / tl:.2f}x" for n, m, t32, tl in r.points) or (
+            f"not timed: {r.dtype} matmul {r.probe[r.dtype]:.1f} GFLOP/s vs float32 {r.probe['float32']:.1f}"
+        )
         print(f"{r.dtype:>9} {r.d:>4} {r.choice:>9}  {ratios}")
     if args.dry_run:
         print("dry run: nothing stored")
