@@ -207,3 +207,16 @@ def test_low_precision_at_65536(dtype, causal):
     name = str(dtype).removeprefix("torch.")
     err_out, err_grad = _check_against_oracle(q, k, v, mask, 4.0, name, causal=causal, rows=rows)
     assert err_out < BOUND and err_grad < BOUND, (err_out, err_grad)
+
+
+def test_cli_calibrate_precision_stores_and_shows(capsys):
+    from taylorshift.cli import main
+
+    argv = ["calibrate", "--precision", "--dtype", "bfloat16", "--head-dims", "4", "--lengths", "32", "--repeats", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "bfloat16" in out and "stored in" in out
+    choice = lookup_precision("cpu", "bfloat16", 4)
+    assert choice in ("float32", "bfloat16")
+    assert main(["calibrate", "--show"]) == 0
+    assert f"precision cpu/bfloat16/d4: {choice}" in capsys.readouterr().out

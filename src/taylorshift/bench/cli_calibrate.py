@@ -47,6 +47,10 @@ def _show(enabled: bool) -> int:
         print(f"  {key}: n0 = {e['n0']:.0f} (model {e['n0_model']:.0f}, ratio {e['n0'] / e['n0_model']:.2f}), "
               f"worst slowdown at measured N {e.get('max_slowdown', float('nan')):.3f}, "
               f"{e.get('meta', {}).get('date', '?') if isinstance(e.get('meta'), dict) else '?'}")
+    from taylorshift.ops.calibration import read_precision
+
+    for key, e in sorted(read_precision().items()):
+        print(f"  precision {key}: {e['choice']}")
     return 0
 
 
