@@ -226,3 +226,60 @@ def test_exported_graph_runs_at_length_one(exported):
     (ids,) = _inputs("lm", 1, seed=9)
     with torch.no_grad():
         assert rel_err(torch.from_numpy(OnnxModel(path)(ids)), model(ids)) < FP32_TOL
+
+
+# ---------------------------------------------------------------------------------------------- the CLI
+
+
+def _checkpoint(tmp_path, model, name="checkpoint.safetensors", config_class=None):
+    pytest.importorskip("safetensors")
+    from taylorshift.train.checkpoint import model_config_dict, save_checkpoint
+
+    info = model_config_dict(model.config)
+    if config_class is not None:
+        info["class"] = config_class
+    return save_checkpoint(tmp_path / name, model, None, {"config": {}, "model_config": info})
+
+
+def test_cli_exports_a_checkpoint_int8(tmp_path, capsys):
+    from taylorshift.cli import main
+
+    model = _model("classifier")
+    ckpt = _checkpoint(tmp_path, model)
+    int8 = tmp_path / "m.int8.onnx"
+    args = ["export", "--checkpoint", str(ckpt), "--format", "onnx", "--quantize", "int8", "--out", str(int8)]
+    assert main([*args, "--length", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert "backend efficient, " in printed and "(int8; float32:" in printed
+    meta = read_metadata(int8)
+    assert meta["quantized"] == "int8" and meta["backend"] == "efficient" and meta["example_shape"] == [2, 16]
+    inputs = _inputs("classifier", 30, batch=4, seed=2)
+    with torch.no_grad():
+        ref = model(*inputs)
+    assert 0 < rel_err(torch.from_numpy(OnnxModel(int8)(*inputs)), ref) < INT8_TOL
+
+
+def test_cli_errors(tmp_path, capsys):
+    from taylorshift.cli import main
+
+    model = _model("classifier")
+    ckpt = _checkpoint(tmp_path, model)
+    out = str(tmp_path / "m.onnx")
+
+    def error(args: list[str]) -> str:
+        assert main(["export", *args]) == 2
+        return capsys.readouterr().err
+
+    assert "unknown format 'tflite'; supported: onnx (no ExecuTorch" in error(
+        ["--checkpoint", str(ckpt), "--format", "tflite", "--out", out]
+    )
+    unknown = _checkpoint(tmp_path, model, "unknown.safetensors", config_class="MysteryConfig")
+    assert "model config class 'MysteryConfig' is unknown" in error(["--checkpoint", str(unknown), "--out", out])
+    assert "--length has length 5000; this model takes sequences of 1 to 1024" in error(
+        ["--checkpoint", str(ckpt), "--out", out, "--length", "5000"]
+    )
+    assert "decoding step graph is for a CausalLM" in error(
+        ["--checkpoint", str(ckpt), "--out", out, "--graph", "step"]
+    )
+    assert "no checkpoint at" in error(["--checkpoint", str(tmp_path / "missing.safetensors"), "--out", out])
+    assert not (tmp_path / "m.onnx").exists()
