@@ -18,9 +18,11 @@ import numpy as np
 from taylorshift.deploy.graphs import read_metadata, require
 
 
-def session(path: str | os.PathLike, threads: int = 1) -> Any:
+def session(path: str | os.PathLike, threads: int = 1, arena: bool = True) -> Any:
     """An ``onnxruntime.InferenceSession`` on the CPU with ``threads`` intra-op threads and one inter-op thread
-    (``threads=1`` is the small-device proxy of ``benchmarks/deploy.py``)."""
+    (``threads=1`` is the small-device proxy of ``benchmarks/deploy.py``). ``arena=False`` turns off ONNX
+    Runtime's memory arena, which otherwise keeps the largest allocation of a run for the next one (the
+    benchmark measures each run's peak without it)."""
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int, got {threads!r}")
     if not os.path.isfile(path):
@@ -30,6 +32,7 @@ def session(path: str | os.PathLike, threads: int = 1) -> Any:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_cpu_mem_arena = bool(arena)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -47,14 +50,15 @@ class OnnxModel:
     Args:
         path: the ``.onnx`` file (or its int8 version from :func:`taylorshift.deploy.quantize_int8`).
         threads: intra-op threads.
+        arena: keep ONNX Runtime's memory arena (see :func:`session`).
 
     Calling it with the model's inputs (``x`` and optionally ``key_padding_mask`` for a classifier, ``images``
     for a ViT, ``ids`` for an LM; NumPy or torch) returns the logits as a NumPy array. A length the graph was
     not exported for (longer than ``max_len``, or empty) is a ``ValueError`` before anything runs.
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
-        self.session = session(path, threads)
+    def __init__(self, path: str | os.PathLike, threads: int = 1, arena: bool = True) -> None:
+        self.session = session(path, threads, arena)
         self.meta = read_metadata(self.session)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}
@@ -125,6 +129,7 @@ class OnnxLMRunner:
     Args:
         path: the step graph's ``.onnx`` file.
         threads: intra-op threads.
+        arena: keep ONNX Runtime's memory arena (see :func:`session`).
 
     Example::
 
@@ -132,8 +137,8 @@ class OnnxLMRunner:
         tokens = list(runner.generate(np.frombuffer(b"The ", np.uint8), max_new_tokens=50))  # greedy
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
-        self.session = session(path, threads)
+    def __init__(self, path: str | os.PathLike, threads: int = 1, arena: bool = True) -> None:
+        self.session = session(path, threads, arena)
         self.meta = read_metadata(self.session)
         if self.meta.get("graph") != "lm_step":
             raise ValueError(
