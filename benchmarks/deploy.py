@@ -9,7 +9,7 @@ threads) and together in ``deploy.json``, plus ``deploy.png``:
   4 heads of d = 16; random weights; batch 1, one padding mask input) at each ``--lengths`` N, for every
   (attention, backend) in ``taylorshift/efficient``, ``taylorshift/direct``, ``softmax`` and every runtime in
   ``eager``, ``ort_fp32``, ``ort_int8``. The ONNX graphs are exported once (example length 64, dynamic
-  length) into ``--work-dir``.
+  length) into ``--work-dir`` (default: ``deploy/`` in the taylorshift cache).
 * ``deploy_decode.csv``: the causal LM (``fortunes_lm``; random weights) prefilled to each ``--contexts``
   length with eager PyTorch, then single-token steps: eager TaylorShift (constant state), ONNX Runtime
   TaylorShift (the step graph of :func:`taylorshift.deploy.export_lm_step`, state taken from the eager
@@ -198,7 +198,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         if "state_bytes" in job:
             out["state_mib"] = job["state_bytes"] / MIB
     except Exception as err:  # recorded as a value, not a stack trace
-        msg = str(err)
+        msg = str(err) or type(err).__name__
         oom = is_out_of_memory(err) or "allocate" in msg.lower() or "bad_alloc" in msg
         out = {"status": "oom" if oom else "error", "note": " ".join(msg.split())[:200]}
     return out
@@ -467,7 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoints", nargs="*", default=[], help="trained classifier checkpoints (int8 part)")
     p.add_argument("--samples", type=int, default=None, help="test examples per checkpoint (default all)")
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (int8 part)")
-    p.add_argument("--work-dir", default=None, help="where the ONNX files go (default <out>/onnx)")
+    p.add_argument(
+        "--work-dir",
+        default=None,
+        help="where the ONNX files go (default <taylorshift cache>/deploy, outside the repository)",
+    )
     p.add_argument("--out", default="docs/bench/deploy", help="output folder")
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
@@ -486,7 +490,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     args.lengths, args.contexts = sorted(set(args.lengths)), sorted(set(args.contexts))
     out = Path(args.out)
-    work = Path(args.work_dir) if args.work_dir else out / "onnx"
+    if args.work_dir is None:
+        from taylorshift.ops.calibration import cache_dir
+
+        args.work_dir = str(cache_dir() / "deploy")
+    work = Path(args.work_dir)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     import onnxruntime
