@@ -96,6 +96,8 @@ def test_exported_vit_matches_eager_at_other_batch_sizes(exported, backend):
         with torch.no_grad():
             ref = model(images)
         assert rel_err(torch.from_numpy(runtime(images)), ref) < FP32_TOL, (backend, batch)
+    with pytest.raises(ValueError, match=r"images must have shape \(B, 1, 28, 28\)"):
+        runtime(torch.zeros(1, 1, 32, 32))
 
 
 @pytest.mark.slow

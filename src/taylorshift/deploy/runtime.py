@@ -87,6 +87,13 @@ class OnnxModel:
                 raise ValueError(
                     f"{names[0]} has length {n}; this graph takes 1 to {max_len} tokens (max_len of the exported model)"
                 )
+        elif self.meta.get("family") == "vit":
+            expected = tuple(self.meta["example_shape"][1:])
+            if first.ndim != 4 or tuple(first.shape[1:]) != expected:
+                raise ValueError(
+                    f"{names[0]} must have shape (B, {', '.join(map(str, expected))}) (the exported "
+                    f"ViT's image size), got {first.shape}"
+                )
         feed = {}
         for name, a in zip(names, arrays, strict=True):
             if self.input_types[name] == "tensor(int64)" and a.dtype != np.int64:
