@@ -104,7 +104,7 @@ def test_exported_vit_matches_eager_at_other_batch_sizes(exported, backend):
 def test_softmax_models_export_the_same_way(tmp_path):
     model = _model("classifier", "softmax")
     path = export_onnx(model, tmp_path / "softmax.onnx", _inputs("classifier", EXPORT_LEN))
-    assert read_metadata(path)["attention"] == "softmax"
+    assert read_metadata(path)["attention"] == "softmax" and read_metadata(path)["backend"] is None
     inputs = _inputs("classifier", 33, seed=1)
     with torch.no_grad():
         assert rel_err(torch.from_numpy(OnnxModel(path)(*inputs)), model(*inputs)) < FP32_TOL
@@ -282,6 +282,10 @@ def test_cli_errors(tmp_path, capsys):
     )
     assert "decoding step graph is for a CausalLM" in error(
         ["--checkpoint", str(ckpt), "--out", out, "--graph", "step"]
+    )
+    vit = _checkpoint(tmp_path, _model("vit"), "vit.safetensors")
+    assert "a ViT's sequence length is set by its image size" in error(
+        ["--checkpoint", str(vit), "--out", out, "--length", "20"]
     )
     assert "no checkpoint at" in error(["--checkpoint", str(tmp_path / "missing.safetensors"), "--out", out])
     assert not (tmp_path / "m.onnx").exists()

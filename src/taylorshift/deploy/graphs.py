@@ -242,7 +242,7 @@ def export_onnx(
         {
             "graph": "forward",
             "family": spec.family,
-            "backend": backend,
+            "backend": backend if attention_kind(model) == "taylorshift" else None,
             "attention": attention_kind(model),
             "max_len": spec.max_len,
             "inputs": list(spec.input_names),
