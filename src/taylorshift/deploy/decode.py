@@ -9,7 +9,8 @@ graph::
 
 :class:`LMStep` is a thin adapter over the modules' own decoding API (``Block.step`` with the attention's
 cache, as :meth:`taylorshift.models.CausalLM.step` runs it): it builds each block's cache from the state and
-position tensors (a copy, so the graph has no in-place update of its inputs), runs the step, and returns the
+position tensors (the state becomes the sums of the cache's :class:`taylorshift.CausalState`), runs the
+step (:func:`taylorshift.taylor_shift_causal`'s single-position update, which exports), and returns the
 updated states. Only the position differs from ``CausalLM.step``: there it is the cache's Python ``int``, here
 a tensor, so the positional table is read with a gather instead of a slice. The batch size is fixed at export
 (the cache's constant tensors are made for it).
@@ -17,6 +18,7 @@ a tensor, so the positional table is read with a gather instead of a slice. The 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -39,11 +41,13 @@ def _check_lm(model: nn.Module) -> None:
 
 
 def _new_layer_cache(block: nn.Module, batch_size: int, state: Tensor, position: Tensor):
-    """A block's decoding cache holding ``state`` and ``position`` tokens seen (copies: the step updates its
-    cache in place)."""
+    """A block's decoding cache whose state holds the running sums ``state (B, H, F, d + 1)`` of ``position``
+    tokens (no padding: every token counted, for every head)."""
     cache = block.attn.new_cache(batch_size, device=state.device, dtype=state.dtype)
-    cache.state.state = state.clone()
-    cache.n_valid = position.clone()
+    current = cache.state.current  # the CausalState of taylor_shift_causal, a value: replaced, never modified
+    n_keys = position.unsqueeze(-1).expand(current.n_keys.shape).clone()  # (B, H)
+    cache.state.current = dataclasses.replace(current, sums=state, n_keys=n_keys)
+    cache.n_valid = position.clone()  # the step counts its token in place
     return cache
 
 
