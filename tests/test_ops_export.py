@@ -116,3 +116,30 @@ def test_jit_script_is_a_clear_error():
         torch.jit.script(m)
     with pytest.raises(RuntimeError, match=r"torch\.jit\.script.*not supported"):
         torch.jit.script(create_model("pixels_cpu"))
+
+
+class _CausalStep(torch.nn.Module):
+    """One decoding step of the recurrent op with its state as an input, as the deployment step graph runs it."""
+
+    def forward(self, q, k, v, sums, n_keys):
+        from taylorshift import CausalState, taylor_shift_causal
+
+        with torch.no_grad():
+            out, state = taylor_shift_causal(q, k, v, initial_state=CausalState(sums, n_keys, 0),
+                                             output_final_state=True)
+        return out, state.sums
+
+
+def test_causal_single_position_update_exports_and_the_chunked_form_refuses():
+    from taylorshift import taylor_shift_causal
+
+    q, k, v = make_qkv(2, 3, 9, 9, 4)
+    _, state = taylor_shift_causal(q[..., :8, :], k[..., :8, :], v[..., :8, :], output_final_state=True)
+    args = (q[..., 8:, :], k[..., 8:, :], v[..., 8:, :], state.sums, state.n_keys)
+    program = export(_CausalStep(), args)
+    out, sums = program.module()(*args)
+    ref, ref_state = taylor_shift_causal(*args[:3], initial_state=state, output_final_state=True)
+    assert rel_err(out, ref) < 1e-6 and rel_err(sums, ref_state.sums) < 1e-6
+    assert rel_err(out, taylor_shift_attention(q, k, v, is_causal=True)[..., 8:, :]) < 1e-5  # the last row
+    with pytest.raises(Exception, match="exports or traces only a single-position update"):
+        export(_CausalStep(), (q, k, v, state.sums, state.n_keys))

@@ -61,6 +61,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "taylorshift.integrations.hf_cli",
         "convert a TaylorShift language model checkpoint into a Hugging Face transformers model folder",
     ),
+    "export": ("taylorshift.deploy.cli", "export a checkpoint to ONNX (dynamic length, fixed backend), int8 optional"),
 }
 
 

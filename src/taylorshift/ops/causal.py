@@ -430,8 +430,8 @@ _cached_step_constants = functools.lru_cache(maxsize=64)(_make_step_constants)
 def _step_constants(d, form, coefficients, dtype, device, leading) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """Feature weights ``w (F,)`` and the pair indices expanded to ``(*leading, F)`` of a single-token call: made
     once per configuration in eager mode (a step then creates no tensor but its results; callers never modify
-    them), afresh under ``torch.compile`` (a tensor made while compiling is a fake one and must not be kept)."""
-    if torch.compiler.is_compiling():
+    them), afresh under ``torch.compile`` or export (a tensor made while tracing is a fake one and must not be kept)."""
+    if torch.compiler.is_compiling() or exporting():
         return _make_step_constants(d, form, coefficients, dtype, device, leading)
     return _cached_step_constants(d, form, coefficients, dtype, device, leading)
 
@@ -518,9 +518,6 @@ def taylor_shift_causal(
             f"key has {k.shape[-2]} positions but query has {L}; taylor_shift_causal is causal self-attention "
             "over one sequence, so they must be equal"
         )
-    if exporting():
-        raise RuntimeError("taylor_shift_causal cannot be exported or traced; export taylor_shift_attention(..., "
-                           "is_causal=True) for the parallel form")
     keep = _check_padding_mask(key_padding_mask, q)  # (..., L), True = attend
     chunk = check_chunk_size(chunk_size)
     batch, c = tuple(q.shape[:-2]), inp.compute_dtype
@@ -557,6 +554,12 @@ def taylor_shift_causal(
             keep1 = None if keep is None else keep.to(c)
             out, sums = _step(q * scale_, k, v, sums0, keep1, inp.coefficients, form, has_key)
         else:
+            if exporting():  # the single-position update above exports (fixed shapes); the chunked loop does not
+                raise RuntimeError(
+                    "taylor_shift_causal exports or traces only a single-position update without gradients (L = 1, "
+                    "an initial_state, no autograd: a decoding step); export taylor_shift_attention(..., "
+                    "is_causal=True) for the parallel form"
+                )
             mask = None if keep is None else keep.unsqueeze(-2)  # (..., 1, L)
             vp = augment_values(v, mask, 1.0)
             B = max(1, torch.Size(batch).numel())
