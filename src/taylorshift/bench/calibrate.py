@@ -109,6 +109,7 @@ def calibrate_head_dim(
         q, k, v = (torch.randn(batch, heads, n, d, generator=gen).to(device=device, dtype=dtype) for _ in range(3))
         t = []
         for b in ("direct", "efficient"):
+
             def step(b=b, q=q, k=k, v=v):
                 with torch.inference_mode():
                     return taylor_shift_attention(q, k, v, backend=b)
@@ -119,15 +120,149 @@ def calibrate_head_dim(
             progress(f"d={d} N={n}: direct {t[0] * 1e3:.2f} ms, efficient {t[1] * 1e3:.2f} ms")
     n0, worst = choose_threshold(points)
     meta = {
-        "device": device, "dtype": str(dtype).removeprefix("torch."), "heads": heads, "batch": batch,
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "form": DEFAULT_FORM,
+        "device": device,
+        "dtype": str(dtype).removeprefix("torch."),
+        "heads": heads,
+        "batch": batch,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "form": DEFAULT_FORM,
     }
     return Calibration(d, n0, crossover_exact(d, form=DEFAULT_FORM), worst, points, meta)
 
 
 def calibration_entries(results: Sequence[Calibration]) -> dict[str, dict[str, Any]]:
     """The entries to store, keyed as :func:`taylorshift.ops.calibration.entry_key` expects."""
-    return {
-        entry_key(torch.device(r.meta["device"]).type, r.meta["dtype"], r.d): r.entry() for r in results
+    return {entry_key(torch.device(r.meta["device"]).type, r.meta["dtype"], r.d): r.entry() for r in results}
+
+
+# ------------------------------------------------------------------------------------- precision
+PRECISION_LENGTHS = (4096, 16384)
+"""Default lengths of :func:`calibrate_precision` (the efficient kernel's regime)."""
+
+
+PROBE_SIZE = 256
+"""Side of the square matmul that :func:`matmul_probe` times."""
+
+
+def matmul_probe(dtype: torch.dtype, device: str = "cpu", size: int = PROBE_SIZE, repeats: int = 3) -> float:
+    """GFLOP/s of a ``size³`` matmul in ``dtype`` (best of ``repeats`` after a warm-up): a quick test for
+    emulated formats (float16 on CPUs without float16 units runs hundreds of times slower than float32)."""
+    import time
+
+    from taylorshift.bench.timing import synchronize
+
+    a = torch.randn(size, size, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
+    a @ a
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        t = time.perf_counter()
+        a @ a
+        synchronize(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best / 1e9
+
+
+@dataclass
+class PrecisionCalibration:
+    """Result for one head size and half-precision dtype: the efficient kernel timed with ``precision="float32"``
+    and with the dtype's own format, ``points = [(n, mode, t_float32, t_low)]`` in seconds (``mode`` is
+    ``"forward"`` or ``"train"``), and the ``choice``. ``probe`` holds the :func:`matmul_probe` rates
+    (GFLOP/s) of float32 and the low format; when the low format's is below 1/8 of float32's the points are not
+    timed (they would take minutes) and the choice is float32."""
+
+    d: int
+    dtype: str
+    choice: str
+    points: list[tuple[int, str, float, float]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    probe: dict[str, float] = field(default_factory=dict)
+
+    def entry(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def choose_precision(dtype: str, points: Sequence[tuple[int, str, float, float]]) -> str:
+    """``dtype`` if the low-precision path was faster at every measured point, else ``"float32"``: the stored
+    choice is never slower than float32 in its own measurements."""
+    if not points:
+        raise ValueError("points must not be empty")
+    return dtype if all(t_low < t32 for _, _, t32, t_low in points) else "float32"
+
+
+def calibrate_precision(
+    d: int,
+    dtype: torch.dtype,
+    *,
+    heads: int = 8,
+    batch: int = 1,
+    device: str = "cpu",
+    lengths: Sequence[int] = PRECISION_LENGTHS,
+    modes: Sequence[str] = ("forward", "train"),
+    repeats: int = 3,
+    timer: Callable[[Callable[[], object], int], float] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> PrecisionCalibration:
+    """Time the efficient kernel on ``dtype`` inputs (bfloat16 or float16) with ``precision="float32"`` and with
+    ``precision=<dtype>`` (forward, and forward+backward for ``"train"``) and choose with
+    :func:`choose_precision`.
+
+    Args:
+        timer: ``timer(fn, repeats) -> seconds``; default the median of :func:`taylorshift.bench.timing.time_call`.
+        progress: called with a short status line after each point.
+    """
+    name = str(dtype).removeprefix("torch.")
+    if name not in ("bfloat16", "float16"):
+        raise ValueError(f"dtype must be bfloat16 or float16, got {name}")
+    if timer is None:
+        from taylorshift.bench.timing import time_call
+
+        def timer(fn, reps):
+            return time_call(fn, repeats=reps, warmup=1, device=device).median
+
+    meta = {
+        "device": device,
+        "heads": heads,
+        "batch": batch,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    probe = {"float32": matmul_probe(torch.float32, device), name: matmul_probe(dtype, device)}
+    if probe[name] < probe["float32"] / 8:
+        if progress is not None:
+            progress(f"d={d} {name}: {probe[name]:.1f} GFLOP/s vs float32 {probe['float32']:.1f} (emulated): float32")
+        return PrecisionCalibration(d, name, "float32", [], meta, probe)
+    gen = torch.Generator(device="cpu").manual_seed(d)
+    points = []
+    for n in sorted(set(int(n) for n in lengths)):
+        q, k, v = (torch.randn(batch, heads, n, d, generator=gen).to(device=device, dtype=dtype) for _ in range(3))
+        for mode in modes:
+            t = []
+            for precision in ("float32", name):
+                if mode == "forward":
+
+                    def step(precision=precision, q=q, k=k, v=v):
+                        with torch.inference_mode():
+                            return taylor_shift_attention(q, k, v, backend="efficient", precision=precision)
+                else:
+                    qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+
+                    def step(precision=precision, qg=qg, kg=kg, vg=vg):
+                        out = taylor_shift_attention(qg, kg, vg, backend="efficient", precision=precision)
+                        out.float().sum().backward()
+
+                t.append(timer(step, repeats))
+            points.append((n, mode, t[0], t[1]))
+            if progress is not None:
+                progress(f"d={d} {name} N={n} {mode}: float32 {t[0] * 1e3:.2f} ms, {name} {t[1] * 1e3:.2f} ms")
+    return PrecisionCalibration(d, name, choose_precision(name, points), points, meta, probe)
+
+
+def precision_entries(results: Sequence[PrecisionCalibration]) -> dict[str, dict[str, Any]]:
+    """The entries to store in the precision section (:func:`taylorshift.ops.calibration.save_precision`)."""
+    return {entry_key(torch.device(r.meta["device"]).type, r.dtype, r.d): r.entry() for r in results}

@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fewer lengths (7, spaced by 2 around the analytic crossover) and 2 repeats")
     parser.add_argument("--dry-run", action="store_true", help="measure and print, but do not store")
     parser.add_argument("--show", action="store_true", help="only print the stored calibration and exit")
+    parser.add_argument("--precision", action="store_true",
+                        help="instead of the crossover: for bfloat16 and float16 inputs (or only --dtype, if it is "
+                             "one of them), time the efficient kernel with float32 and with low-precision products "
+                             "(forward and forward+backward at --lengths, default 4096 16384) and store which is "
+                             "faster; precision='auto' then uses it")
 
 
 def _show(enabled: bool) -> int:
@@ -42,6 +47,39 @@ def _show(enabled: bool) -> int:
         print(f"  {key}: n0 = {e['n0']:.0f} (model {e['n0_model']:.0f}, ratio {e['n0'] / e['n0_model']:.2f}), "
               f"worst slowdown at measured N {e.get('max_slowdown', float('nan')):.3f}, "
               f"{e.get('meta', {}).get('date', '?') if isinstance(e.get('meta'), dict) else '?'}")
+    from taylorshift.ops.calibration import read_precision
+
+    for key, e in sorted(read_precision().items()):
+        print(f"  precision {key}: {e['choice']}")
+    return 0
+
+
+def _run_precision(args: argparse.Namespace) -> int:
+    import torch
+
+    from taylorshift.bench.calibrate import PRECISION_LENGTHS, calibrate_precision, precision_entries
+    from taylorshift.ops.calibration import save_precision
+
+    dtypes = [args.dtype] if args.dtype in ("bfloat16", "float16") else ["bfloat16", "float16"]
+    lengths = args.lengths or ([PRECISION_LENGTHS[0]] if args.quick else list(PRECISION_LENGTHS))
+    repeats = 2 if args.quick else args.repeats
+    results = []
+    for name in dtypes:
+        for d in args.head_dims:
+            results.append(calibrate_precision(d, getattr(torch, name), heads=args.heads, batch=args.batch,
+                                               device=args.device, lengths=lengths, repeats=repeats,
+                                               progress=lambda msg: print(msg, file=sys.stderr)))
+    print(f"{'dtype':>9} {'d':>4} {'choice':>9}  float32 / low-precision time at each point")
+    for r in results:
+        ratios = ", ".join(f"N={n} {m} {t32 / tl:.2f}x" for n, m, t32, tl in r.points) or (
+            f"not timed: {r.dtype} matmul {r.probe[r.dtype]:.1f} GFLOP/s vs float32 {r.probe['float32']:.1f}"
+        )
+        print(f"{r.dtype:>9} {r.d:>4} {r.choice:>9}  {ratios}")
+    if args.dry_run:
+        print("dry run: nothing stored")
+    else:
+        path = save_precision(precision_entries(results))
+        print(f"stored in {path}; precision='auto' uses it for half-precision inputs on {args.device}")
     return 0
 
 
@@ -56,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         return _show(enabled)
     if not args.dry_run:  # before measuring, not after
         output_file(str(calibration_path()), "calibration file (TAYLORSHIFT_CACHE_DIR)", create_parents=True)
+    if args.precision:
+        return _run_precision(args)
     import torch
 
     from taylorshift.bench.calibrate import calibrate_head_dim, calibration_entries, default_lengths

@@ -19,6 +19,7 @@ from taylorshift.ops.inputs import (
     check_backend,
     check_inputs,
 )
+from taylorshift.ops.precision import Precision, check_precision, low_dtype
 
 Backend = Literal["auto", "direct", "efficient"]
 
@@ -97,6 +98,7 @@ def taylor_shift_attention(
     *,
     backend: Backend = "auto",
     coefficients: tuple[float, float, float] = DEFAULT_COEFFICIENTS,
+    precision: Precision = "auto",
 ) -> Tensor:
     """TaylorShift attention, shaped like ``torch.nn.functional.scaled_dot_product_attention``.
 
@@ -123,9 +125,15 @@ def taylor_shift_attention(
             only, else ``ValueError``) or ``"auto"`` (see :func:`resolve_backend`).
         coefficients: ``(a, b, c)`` with ``a > 0`` and ``c >= b²/(4a)`` so that every weight is >= 0. Only
             their ratios matter (they are normalised internally).
+        precision: format of the non-causal efficient kernel's feature products and contractions:
+            ``"auto"`` (float32/float64 inputs: their own dtype; bfloat16/float16 inputs: their format when it
+            is faster on this machine, see :mod:`taylorshift.ops.precision`), ``"float32"``, or
+            ``"bfloat16"``/``"float16"`` (also for float32 inputs: the opt-in). The state, the accumulation
+            across chunks and the normalisation stay float32. Direct and causal attention ignore it.
 
     Returns:
-        ``(*batch, L, dv)`` in the dtype of ``query``. float16/bfloat16 inputs are computed in float32. Inside
+        ``(*batch, L, dv)`` in the dtype of ``query``. float16/bfloat16 inputs are computed in float32 (but see
+        ``precision``). Inside
         ``torch.autocast`` float16/bfloat16/float32 inputs are first cast to the autocast dtype, as for SDPA.
 
     Raises:
@@ -142,7 +150,11 @@ def taylor_shift_attention(
     backend = check_backend(backend)
     inp = check_inputs(query, key, value, attn_mask, scale, coefficients)
     is_causal = _check_is_causal(is_causal)
+    precision = check_precision(precision)
     name = _choose(inp, backend, is_causal)
-    implementations = _CAUSAL_IMPLEMENTATIONS if is_causal else _IMPLEMENTATIONS
+    low = low_dtype(precision, inp.out_dtype, inp.q.device.type, inp.q.shape[-1])
     with autocast_disabled(inp.q.device):
+        if name == "efficient" and not is_causal and low is not None:
+            return efficient_attention(inp.cast(), low=low).to(inp.out_dtype)
+        implementations = _CAUSAL_IMPLEMENTATIONS if is_causal else _IMPLEMENTATIONS
         return implementations[name](inp.cast()).to(inp.out_dtype)

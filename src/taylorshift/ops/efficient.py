@@ -29,6 +29,8 @@ symbolic; that form holds the ``N × F`` features at once.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -42,10 +44,13 @@ from taylorshift.ops.common import (
     spans,
 )
 from taylorshift.ops.features import (
+    Blocks,
     Form,
+    blocked_feature_dim,
     check_form,
     feature_dim,
     feature_weights,
+    row_blocks,
     taylor_features,
     taylor_features_backward,
 )
@@ -60,6 +65,24 @@ __all__ = [
     "key_state",
     "state_attention",
 ]
+
+
+KERNEL_ROW_BLOCKS = 8
+"""Row blocks of the symmetric features in the non-causal streaming kernel (:func:`kernel_blocks`)."""
+
+
+def kernel_blocks(d: int, form: Form) -> Blocks:
+    """The feature layout of the non-causal streaming kernel: ``form="full"`` as is; ``"symmetric"`` in
+    ``min(d, KERNEL_ROW_BLOCKS)`` row blocks (:func:`taylorshift.ops.features.row_blocks`).
+
+    Building the ``d(d+1)/2`` monomials row by row takes ``d`` tensor operations per chunk, each a parallel
+    region of its own; when another process competes for the cores, every region waits for its slowest
+    thread, so ``d = 64`` paid thousands of such waits per call (docs/benchmarks.md, contention). Eight row
+    blocks build the same products in eight operations for about ``1/8`` more second-order features
+    (the blocks' diagonal squares hold ``x_i x_j`` and ``x_j x_i``); the state never leaves the call, so its
+    layout is private to the kernel.
+    """
+    return row_blocks(d, form, None if form == "full" else min(d, KERNEL_ROW_BLOCKS))
 
 
 def check_chunk_size(chunk_size: object) -> int | None:
@@ -103,36 +126,72 @@ def augment_values(v: Tensor, key_mask: Tensor | None, norm: float | int) -> Ten
     return vp
 
 
-def accumulate_state(state: Tensor, k: Tensor, vp: Tensor, form: Form, chunk: int) -> Tensor:
+def accumulate_state(
+    state: Tensor, k: Tensor, vp: Tensor, form: Form, chunk: int, blocks: Blocks | None = None
+) -> Tensor:
     """``state += Σ_j φ(k_j) v'_jᵀ`` over the rows of ``k (*batch, S, d)``, ``vp (*batch, S, e)``, chunk by
-    chunk; ``state (*batch, F, e)`` (unweighted features) is updated in place and returned."""
+    chunk; ``state (*batch, F, e)`` (unweighted features in the layout ``blocks``, see
+    :func:`taylorshift.ops.features.row_blocks`) is updated in place and returned."""
+    phi = None
     for s0, s1 in spans(k.shape[-2], chunk):
-        phi = taylor_features(k[..., s0:s1, :], form)  # (*batch, F, c)
+        if phi is None or phi.shape[-1] != s1 - s0:
+            phi = k.new_empty((*k.shape[:-2], state.shape[-2], s1 - s0))  # one buffer for all full chunks
+        phi = taylor_features(k[..., s0:s1, :], form, out=phi, blocks=blocks)  # (*batch, F, c)
         state += phi @ vp[..., s0:s1, :]
     return state
 
 
-def state_product(qs: Tensor, weighted_state: Tensor, form: Form) -> Tensor:
+def state_product(qs: Tensor, weighted_state: Tensor, form: Form, blocks: Blocks | None = None) -> Tensor:
     """``φ(q̃)ᵀ diag(w) Z`` for the rows of ``qs (*batch, c, d)``: ``(*batch, c, dv+1)``, the numerators and, in
     the last column, the denominators (one chunk; the caller bounds ``c``)."""
-    return taylor_features(qs, form).transpose(-1, -2) @ weighted_state
+    return taylor_features(qs, form, blocks=blocks).transpose(-1, -2) @ weighted_state
 
 
 def read_state(
-    qs: Tensor, weighted_state: Tensor, form: Form, chunk: int, has_key: Tensor | None
+    qs: Tensor,
+    weighted_state: Tensor,
+    form: Form,
+    chunk: int,
+    has_key: Tensor | None,
+    blocks: Blocks | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Read ``diag(w)·state`` ``(*batch, F, dv+1)`` with scaled queries ``qs (*batch, L, d)``.
+
+    ``out_dtype`` (default ``qs.dtype``) is the dtype of the numerators, denominators and output: float32 when
+    ``qs`` and the state come in a low-precision format (the products run in that format, the division in
+    float32).
 
     Returns:
         ``out (*batch, L, dv)`` (numerator / denominator, 0 on rows without a key, see
         :func:`taylorshift.ops.common.divide_rows`) and ``den (*batch, L, 1)``.
     """
     L, e = qs.shape[-2], weighted_state.shape[-1]
-    y = qs.new_empty((*qs.shape[:-1], e))
+    y = qs.new_empty((*qs.shape[:-1], e), dtype=out_dtype or qs.dtype)
     for l0, l1 in spans(L, chunk):
-        y[..., l0:l1, :] = state_product(qs[..., l0:l1, :], weighted_state, form)
+        phi_t = taylor_features(qs[..., l0:l1, :], form, blocks=blocks).transpose(-1, -2)  # (*batch, c, F)
+        if y.dtype == phi_t.dtype:
+            torch.matmul(phi_t, weighted_state, out=y[..., l0:l1, :])
+        else:
+            y[..., l0:l1, :] = phi_t @ weighted_state
     den = y[..., -1:]
     return divide_rows(y[..., :-1], den, has_key), den
+
+
+def _lowered(t: Tensor, low: torch.dtype | None, factor: float = 1.0) -> Tensor:
+    """``t·factor`` in ``low``, or ``t`` itself on the float32/float64 path (``low`` None)."""
+    return t if low is None else (t * factor).to(low)
+
+
+def _power_of_two_scale(t: Tensor, low: torch.dtype | None, target: float) -> float:
+    """A power of two ``2^k`` with ``max|t|·2^k`` in ``[target/2, target)`` (1 without ``low`` or for an all-zero
+    or non-finite ``t``): the exact rescaling that puts a gradient into float16's range."""
+    if low is None:
+        return 1.0
+    m = t.abs().amax().item()
+    if m == 0 or not math.isfinite(m):
+        return 1.0
+    return 2.0 ** math.floor(math.log2(target / m))
 
 
 def read_state_backward(
@@ -145,57 +204,96 @@ def read_state_backward(
     form: Form,
     chunk: int,
     need_q: bool,
+    blocks: Blocks | None = None,
+    low: torch.dtype | None = None,
 ) -> tuple[Tensor | None, Tensor]:
     """Backward of :func:`read_state`: from ``dout (*batch, L, dv)`` the gradients ``(dqs, dweighted)`` with respect
     to the scaled queries (None unless ``need_q``) and to ``diag(w)·state`` ``(*batch, F, dv+1)``; the features
-    are recomputed chunk by chunk."""
+    are recomputed chunk by chunk. With ``low`` the products run in that format on ``∂y`` rescaled by a power of
+    two (largest entry about 1/8), and the results are scaled back in float32."""
     g = dout * reciprocal_rows(den, has_key)  # (*batch, L, dv)
     dy = torch.cat([g, -(g * out).sum(-1, keepdim=True)], dim=-1)  # (*batch, L, dv+1)
     dqs = torch.empty_like(qs) if need_q else None
     dweighted = torch.zeros_like(weighted)  # gradient of diag(w)·state
+    sy = _power_of_two_scale(dy, low, 0.125)
+    q_low, dy_low, weighted_low = _lowered(qs, low), _lowered(dy, low, sy), _lowered(weighted, low)
     for l0, l1 in spans(qs.shape[-2], chunk):
-        q_c, dy_c = qs[..., l0:l1, :], dy[..., l0:l1, :]
-        phi = taylor_features(q_c, form)  # (*batch, F, c)
+        dy_c = dy_low[..., l0:l1, :]
+        phi = taylor_features(q_low[..., l0:l1, :], form, blocks=blocks)  # (*batch, F, c)
         dweighted += phi @ dy_c
         if need_q:
-            dphi = torch.matmul(weighted, dy_c.transpose(-1, -2), out=phi)  # reuse the buffer
-            dqs[..., l0:l1, :] = taylor_features_backward(q_c, dphi, form)
+            dphi = torch.matmul(weighted_low, dy_c.transpose(-1, -2), out=phi)  # reuse the buffer
+            dqs[..., l0:l1, :] = taylor_features_backward(qs[..., l0:l1, :], dphi, form, blocks=blocks)
+    if low is not None:
+        dweighted.mul_(1 / sy)
+        if need_q:
+            dqs.mul_(1 / sy)
     return dqs, dweighted
 
 
 def accumulate_state_backward(
-    k: Tensor, vp: Tensor, dstate: Tensor, form: Form, chunk: int, need_k: bool, need_v: bool
+    k: Tensor,
+    vp: Tensor,
+    dstate: Tensor,
+    form: Form,
+    chunk: int,
+    need_k: bool,
+    need_v: bool,
+    blocks: Blocks | None = None,
+    low: torch.dtype | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Backward of :func:`accumulate_state`: from ``dstate (*batch, F, e)`` (gradient of the unweighted state) the
-    gradients ``(dk, dvp)`` of ``k (*batch, S, d)`` and ``vp (*batch, S, e)`` (None where not needed)."""
+    gradients ``(dk, dvp)`` of ``k (*batch, S, d)`` and ``vp (*batch, S, e)`` (None where not needed). With
+    ``low`` the products run in that format on ``∂Z`` rescaled by a power of two (largest entry about 1) and on
+    ``V'·S/C`` (chunk averages), and the results are scaled back in float32."""
     dk = torch.empty_like(k) if need_k else None
     dvp = torch.empty_like(vp) if need_v else None
     if need_k or need_v:
-        for s0, s1 in spans(k.shape[-2], chunk):
-            k_c = k[..., s0:s1, :]
-            phi = taylor_features(k_c, form)  # (*batch, F, c)
+        S = k.shape[-2]
+        ck = min(chunk, max(S, 1))
+        sz = _power_of_two_scale(dstate, low, 1.0)
+        k_low, vp_low, dstate_low = _lowered(k, low), _lowered(vp, low, S / ck), _lowered(dstate, low, sz)
+        for s0, s1 in spans(S, chunk):
+            phi = taylor_features(k_low[..., s0:s1, :], form, blocks=blocks)  # (*batch, F, c)
             if need_v:
-                dvp[..., s0:s1, :] = phi.transpose(-1, -2) @ dstate
+                dvp[..., s0:s1, :] = phi.transpose(-1, -2) @ dstate_low
             if need_k:
-                dphi = torch.matmul(dstate, vp[..., s0:s1, :].transpose(-1, -2), out=phi)
-                dk[..., s0:s1, :] = taylor_features_backward(k_c, dphi, form)
+                dphi = torch.matmul(dstate_low, vp_low[..., s0:s1, :].transpose(-1, -2), out=phi)
+                dk[..., s0:s1, :] = taylor_features_backward(k[..., s0:s1, :], dphi, form, blocks=blocks)
+        if low is not None:
+            if need_v:
+                dvp.mul_(1 / sz)
+            if need_k:
+                dk.mul_(ck / (S * sz))
     return dk, dvp
 
 
 class _StreamingEfficient(torch.autograd.Function):
     """Chunked forward and recomputing backward of ``out = num/den``,
-    ``[num | den] = φ(q̃)ᵀ diag(w) Σ_j φ(k_j) v'_jᵀ``."""
+    ``[num | den] = φ(q̃)ᵀ diag(w) Σ_j φ(k_j) v'_jᵀ``.
+
+    Low precision (``low`` = bfloat16 or float16, inputs in float32): the features and the operands of every
+    product are in ``low``, each chunk's product is added to a float32 state (or gradient), the weights, the
+    normalisation and the backward of the features stay float32. Operands are rescaled by one scalar per call
+    so that they are averages of ``O(1)`` size in ``low`` (float16 has a range of 6·10⁴ and no precision
+    below 6·10⁻⁵): ``V'`` (an average over ``S``) is multiplied by ``S / C`` (an average over a chunk of
+    ``C``) and the state by ``C / S`` after the sum; in the backward ``∂y`` and ``∂Z`` are scaled by powers of
+    two so that their largest entries are about 1/8 and 1, and the gradients are scaled back once.
+    """
 
     @staticmethod
-    def forward(ctx, qs, k, vp, coefficients, form, chunk, has_key):  # noqa: D102
+    def forward(ctx, qs, k, vp, coefficients, form, chunk, has_key, blocks, low):  # noqa: D102
         batch = torch.broadcast_shapes(qs.shape[:-2], k.shape[:-2], vp.shape[:-2])
-        d = k.shape[-1]
-        w = feature_weights(d, form, coefficients, dtype=k.dtype, device=k.device).unsqueeze(-1)  # (F, 1)
-        state = accumulate_state(k.new_zeros((*batch, feature_dim(d, form), vp.shape[-1])), k, vp, form, chunk)
-        weighted = state.mul_(w)  # the state is only needed weighted from here on
-        out, den = read_state(qs, weighted, form, chunk, has_key)
+        d, S = k.shape[-1], k.shape[-2]
+        c = min(chunk, max(S, 1))
+        w = feature_weights(d, form, coefficients, dtype=k.dtype, device=k.device, blocks=blocks).unsqueeze(-1)
+        state = k.new_zeros((*batch, blocked_feature_dim(d, blocks), vp.shape[-1]))  # (*batch, F, e)
+        vp_low = _lowered(vp, low, S / c)
+        accumulate_state(state, _lowered(k, low), vp_low, form, chunk, blocks)
+        weighted = state.mul_(w if low is None else w * (c / S))  # only needed weighted from here on
+        out, den = read_state(_lowered(qs, low), _lowered(weighted, low), form, chunk, has_key, blocks, qs.dtype)
         ctx.save_for_backward(qs, k, vp, weighted, w, out, den)
-        ctx.form, ctx.chunk, ctx.has_key = form, chunk, has_key
+        ctx.form, ctx.chunk, ctx.has_key, ctx.blocks, ctx.low = form, chunk, has_key, blocks, low
         return out
 
     @staticmethod
@@ -203,9 +301,12 @@ class _StreamingEfficient(torch.autograd.Function):
         no_double_backward()
         qs, k, vp, weighted, w, out, den = ctx.saved_tensors
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
-        dqs, dweighted = read_state_backward(qs, weighted, out, den, dout, ctx.has_key, ctx.form, ctx.chunk, need_q)
-        dk, dvp = accumulate_state_backward(k, vp, dweighted.mul_(w), ctx.form, ctx.chunk, need_k, need_v)
-        return dqs, dk, dvp, None, None, None, None
+        form, chunk, blocks, low = ctx.form, ctx.chunk, ctx.blocks, ctx.low
+        dqs, dweighted = read_state_backward(
+            qs, weighted, out, den, dout, ctx.has_key, form, chunk, need_q, blocks, low
+        )
+        dk, dvp = accumulate_state_backward(k, vp, dweighted.mul_(w), form, chunk, need_k, need_v, blocks, low)
+        return dqs, dk, dvp, None, None, None, None, None, None
 
 
 class _KeyState(torch.autograd.Function):
@@ -296,7 +397,9 @@ def efficient_functional(qs: Tensor, k: Tensor, vp: Tensor, coefficients, form: 
     return divide_rows(y[..., :-1], y[..., -1:], has_key)
 
 
-def efficient_attention(inp: AttentionInputs, form: Form = DEFAULT_FORM, chunk_size: int | None = None) -> Tensor:
+def efficient_attention(
+    inp: AttentionInputs, form: Form = DEFAULT_FORM, chunk_size: int | None = None, low: torch.dtype | None = None
+) -> Tensor:
     """Efficient TaylorShift on validated inputs in their compute dtype.
 
     Supports only masks that depend on the key alone (broadcastable to ``(*batch, 1, S)``).
@@ -305,6 +408,9 @@ def efficient_attention(inp: AttentionInputs, form: Form = DEFAULT_FORM, chunk_s
         inp: validated inputs (see :func:`taylorshift.ops.inputs.check_inputs`), already cast.
         form: ``"symmetric"`` (default, ``d(d+1)/2`` second-order features) or ``"full"`` (the paper's ``d²``).
         chunk_size: rows per chunk; default :func:`default_chunk_size`.
+        low: None, or ``torch.bfloat16`` / ``torch.float16`` for float32 inputs: the features and products in
+            that format, the state and the normalisation in float32 (see :class:`_StreamingEfficient`;
+            :mod:`taylorshift.ops.precision` decides). Ignored while exporting.
 
     Returns:
         ``(*batch, L, dv)`` in the compute dtype.
@@ -318,7 +424,10 @@ def efficient_attention(inp: AttentionInputs, form: Form = DEFAULT_FORM, chunk_s
     if exporting():
         return efficient_functional(qs, k, vp, inp.coefficients, form, has_key)
     batch = k.shape[:-2].numel()
+    blocks = kernel_blocks(d, form)
     if chunk_size is None:
-        chunk_size = default_chunk_size(batch, feature_dim(d, form))
+        chunk_size = default_chunk_size(batch, blocked_feature_dim(d, blocks))
     check_efficient_memory(batch, L, S, d, v.shape[-1], form, chunk_size, q.dtype, q.device, train=inp.needs_grad)
-    return _StreamingEfficient.apply(qs, k, vp, inp.coefficients, form, chunk_size, has_key)
+    if low is not None and q.dtype != torch.float32:
+        raise ValueError(f"low-precision products need float32 compute dtype, got {q.dtype}")
+    return _StreamingEfficient.apply(qs, k, vp, inp.coefficients, form, chunk_size, has_key, blocks, low)

@@ -32,10 +32,13 @@ __all__ = [
     "DEFAULT_FORM",
     "FORMS",
     "Form",
+    "Blocks",
     "augmented_pairs",
+    "blocked_feature_dim",
     "check_form",
     "feature_dim",
     "feature_weights",
+    "row_blocks",
     "taylor_features",
     "taylor_features_backward",
 ]
@@ -92,66 +95,103 @@ def _few_row_features(x: Tensor, xt: Tensor) -> Tensor:
     return torch.cat([second, xt, torch.ones_like(xt[..., :1, :])], dim=-2)
 
 
-def taylor_features(x: Tensor, form: Form = "symmetric", *, out: Tensor | None = None) -> Tensor:
+Blocks = tuple[tuple[int, int], ...]
+"""Row blocks ``((o, e), …)`` of the second-order features (see :func:`row_blocks`)."""
+
+
+@functools.lru_cache(maxsize=256)
+def row_blocks(d: int, form: Form = DEFAULT_FORM, count: int | None = None) -> Blocks:
+    """How the second-order features are built: block ``(o, e)`` holds the products ``x_i x_j`` for
+    ``o <= i < e`` and ``o <= j < d``, row-major, one vectorised product per block.
+
+    * ``form="full"``: one block ``(0, d)``, all ``d²`` products.
+    * ``form="symmetric"`` with ``count=None`` (the canonical layout, also the decoding state's): ``d`` blocks
+      of one row, the upper triangle row by row.
+    * ``form="symmetric"`` with ``count < d``: ``count`` blocks of nearly equal size. Each block's diagonal
+      square holds both ``x_i x_j`` and ``x_j x_i`` (weight ``a`` each, see
+      :func:`taylorshift.ops.polynomial.feature_weights`), so there are ``Σ s_b(s_b - 1)/2`` more features
+      (about ``1/count`` of the ``d²/2``) but only ``count`` tensor operations per chunk instead of ``d``: the
+      streaming kernel uses this to keep the number of operations (and parallel regions) per call small.
+
+    Args:
+        d: head size; ``form``: ``"full"`` or ``"symmetric"``; ``count``: blocks (symmetric only), 1 to ``d``.
+    """
+    if form == "full":
+        return ((0, d),)
+    count = d if count is None else max(1, min(int(count), d))
+    edges = [round(b * d / count) for b in range(count + 1)]
+    return tuple((o, e) for o, e in zip(edges, edges[1:], strict=False) if e > o)
+
+
+def blocked_feature_dim(d: int, blocks: Blocks) -> int:
+    """``F`` of the features built with ``blocks``: ``Σ (e - o)(d - o) + d + 1``."""
+    return sum((e - o) * (d - o) for o, e in blocks) + d + 1
+
+
+def taylor_features(
+    x: Tensor, form: Form = "symmetric", *, out: Tensor | None = None, blocks: Blocks | None = None
+) -> Tensor:
     """Unweighted features ``φ(x) = [second-order, x, 1]`` of each row of ``x``, feature-major.
 
     Args:
         x: ``(*batch, N, d)``.
         form: ``"full"`` or ``"symmetric"``.
-        out: optional ``(*batch, F, N)`` buffer to write into.
+        out: optional ``(*batch, F, N)`` buffer to write into (not written while ``torch.compile`` traces: always
+            use the returned tensor).
+        blocks: the layout of the second-order part (:func:`row_blocks`); default the canonical one of ``form``.
 
     Returns:
         ``(*batch, F, N)``; not differentiable through autograd (the kernels have their own backward).
     """
     d, N = x.shape[-1], x.shape[-2]
-    F = feature_dim(d, form)
-    xt = x.transpose(-1, -2).contiguous()  # (*batch, d, N)
+    canonical = blocks is None
+    blocks = row_blocks(d, form) if canonical else blocks
     if torch.compiler.is_compiling():
         # functional form for the compiler (it fuses the products and the concatenation itself)
-        if form == "full":
-            second = [(xt.unsqueeze(-2) * xt.unsqueeze(-3)).flatten(-3, -2)]
-        else:
-            second = [xt[..., i : i + 1, :] * xt[..., i:, :] for i in range(d)]
+        xt = x.transpose(-1, -2)  # (*batch, d, N)
+        second = [(xt[..., o:e, None, :] * xt[..., None, o:, :]).flatten(-3, -2) for o, e in blocks]
         return torch.cat([*second, xt, torch.ones_like(xt[..., :1, :])], dim=-2)
-    if out is None and N <= _FEW_ROWS and form == "symmetric" and d > 1:
-        return _few_row_features(x, xt)
+    if out is None and canonical and N <= _FEW_ROWS and form == "symmetric" and d > 1:
+        return _few_row_features(x, x.transpose(-1, -2).contiguous())
     if out is None:
-        out = x.new_empty((*x.shape[:-2], F, N))
-    n2 = F - d - 1
-    if form == "full":
-        torch.mul(xt.unsqueeze(-2), xt.unsqueeze(-3), out=out[..., :n2, :].unflatten(-2, (d, d)))
-    else:
-        off = 0
-        for i in range(d):  # row i of the upper triangle: x_i · x_{i..d-1}
-            torch.mul(xt[..., i : i + 1, :], xt[..., i:, :], out=out[..., off : off + d - i, :])
-            off += d - i
-    out[..., n2 : n2 + d, :] = xt
+        out = x.new_empty((*x.shape[:-2], blocked_feature_dim(d, blocks), N))
+    n2 = out.shape[-2] - d - 1
+    xt = out[..., n2 : n2 + d, :]  # the first-order rows, (*batch, d, N): written first, then read by the products
+    xt.copy_(x.transpose(-1, -2))
+    off = 0
+    for o, e in blocks:  # block (o, e): x_i · x_{o..d-1} for o <= i < e, one broadcast product
+        size = (e - o) * (d - o)
+        block = out[..., off : off + size, :].unflatten(-2, (e - o, d - o))  # (*batch, e-o, d-o, N)
+        torch.mul(xt[..., o:e, None, :], xt[..., None, o:, :], out=block)
+        off += size
     out[..., -1, :] = 1.0
     return out
 
 
-def taylor_features_backward(x: Tensor, grad: Tensor, form: Form = "symmetric") -> Tensor:
-    """Gradient with respect to ``x`` of ``Σ grad ⊙ taylor_features(x, form)``.
+def taylor_features_backward(
+    x: Tensor, grad: Tensor, form: Form = "symmetric", *, blocks: Blocks | None = None
+) -> Tensor:
+    """Gradient with respect to ``x`` of ``Σ grad ⊙ taylor_features(x, form, blocks=blocks)``.
 
     Args:
         x: ``(*batch, N, d)``.
-        grad: ``(*batch, F, N)`` (feature-major, like the features).
+        grad: ``(*batch, F, N)`` (feature-major, like the features); may be in a lower precision than ``x``
+            (the result is computed in the dtype of ``x``).
+        blocks: as in :func:`taylor_features`.
 
     Returns:
         ``(*batch, N, d)``.
     """
     d = x.shape[-1]
+    blocks = row_blocks(d, form) if blocks is None else blocks
     xt = x.transpose(-1, -2).contiguous()  # (*batch, d, N)
     n2 = grad.shape[-2] - d - 1
-    gx = grad[..., n2 : n2 + d, :].clone()  # first-order part, (*batch, d, N)
-    if form == "full":
-        G = grad[..., :n2, :].unflatten(-2, (d, d))  # (*batch, d, d, N): ∂/∂x_i of x_i x_j
-        gx += (G * xt.unsqueeze(-3)).sum(-2) + (G * xt.unsqueeze(-2)).sum(-3)
-    else:
-        off = 0
-        for i in range(d):  # block (i, i..d-1): ∂/∂x_i = Σ_j g_ij x_j, ∂/∂x_j += g_ij x_i
-            g = grad[..., off : off + d - i, :]
-            gx[..., i, :] += (g * xt[..., i:, :]).sum(-2)
-            gx[..., i:, :] += g * xt[..., i : i + 1, :]
-            off += d - i
+    gx = grad[..., n2 : n2 + d, :].to(x.dtype, copy=True)  # first-order part, (*batch, d, N), x's dtype
+    off = 0
+    for o, e in blocks:  # block (i in o..e-1, j in o..d-1): ∂/∂x_i = Σ_j g_ij x_j, ∂/∂x_j += Σ_i g_ij x_i
+        size = (e - o) * (d - o)
+        g = grad[..., off : off + size, :].unflatten(-2, (e - o, d - o))  # (*batch, e-o, d-o, N)
+        gx[..., o:e, :] += (g * xt[..., None, o:, :]).sum(-2)
+        gx[..., o:, :] += (g * xt[..., o:e, None, :]).sum(-3)
+        off += size
     return gx.transpose(-1, -2)

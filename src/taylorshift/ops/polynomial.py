@@ -115,20 +115,30 @@ def derivative(s: Tensor, coefficients: tuple[float, float, float], *, inplace: 
 
 
 def feature_weights(
-    d: int, form: str, coefficients: tuple[float, float, float], *, dtype: torch.dtype, device: torch.device
+    d: int,
+    form: str,
+    coefficients: tuple[float, float, float],
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    blocks: tuple[tuple[int, int], ...] | None = None,
 ) -> Tensor:
     """``w (F,)`` such that ``φ(q)ᵀ diag(w) φ(k) = a (q·k)² + b q·k + c`` for the features of
     :func:`taylorshift.ops.features.taylor_features` (``[second-order, first-order, 1]``).
 
-    ``form="full"``: every ``x_i x_j`` gets ``a``. ``form="symmetric"``: only ``i <= j`` is kept, so the
-    off-diagonal products get ``2a`` and the squares ``a``.
+    The second-order part is built in row blocks ``(o, e)`` (:func:`taylorshift.ops.features.row_blocks`): the
+    products ``x_i x_j``, ``o <= i < e``, ``o <= j < d``. A product inside the block's diagonal square
+    (``j < e``) appears in both orders there (or is a square) and gets ``a``; one with ``j >= e`` appears only
+    there and gets ``2a``. ``form="full"`` (one block ``(0, d)``): every ``x_i x_j`` gets ``a``;
+    ``form="symmetric"`` (default blocks: one row each): the off-diagonal products get ``2a``, the squares ``a``.
     """
     a, b, c = coefficients
-    if form == "full":
-        second = torch.full((d * d,), a, dtype=dtype, device=device)
-    else:
-        i, j = torch.triu_indices(d, d, device=device)
-        second = torch.full((i.numel(),), 2 * a, dtype=dtype, device=device)
-        second[i == j] = a
+    if blocks is None:
+        blocks = ((0, d),) if form == "full" else tuple((i, i + 1) for i in range(d))
+    parts = []
+    for o, e in blocks:
+        block = torch.full((e - o, d - o), 2 * a, dtype=dtype, device=device)
+        block[:, : e - o] = a
+        parts.append(block.flatten())
     first = torch.full((d,), b, dtype=dtype, device=device)
-    return torch.cat([second, first, torch.full((1,), c, dtype=dtype, device=device)])
+    return torch.cat([*parts, first, torch.full((1,), c, dtype=dtype, device=device)])
