@@ -243,6 +243,7 @@ def matmul_flops(
     *,
     form: Form = "full",
     mode: Mode = "forward",
+    features: int | None = None,
 ) -> int:
     """Matmul FLOPs of this library's implementation of one head (what ``FlopCounterMode`` counts).
 
@@ -264,6 +265,9 @@ def matmul_flops(
         dv: value head size (default ``d``).
         form: ``"full"`` or ``"symmetric"`` (efficient only).
         mode: ``"forward"`` or ``"train"``.
+        features: the ``F`` the kernel actually streams, when its layout differs from :func:`num_features`
+            (the non-causal kernel builds the symmetric features in row blocks, about ``1/8`` more:
+            ``taylorshift.ops.efficient.kernel_features``); default ``num_features(d, form)``.
 
     Returns:
         FLOPs of the matrix products.
@@ -274,7 +278,9 @@ def matmul_flops(
     """
     backend = _check_choice("backend", backend, BACKENDS)
     L, S, d, dv = _check_dims(L, S, d, dv)
-    F = num_features(d, form)
+    F = num_features(d, form) if features is None else features
+    if isinstance(F, bool) or not isinstance(F, int) or F < num_features(d, form):
+        raise ValueError(f"features must be an int >= num_features(d, form) = {num_features(d, form)}, got {F!r}")
     factor = _mode_factor(mode)
     if backend == "efficient":
         return factor * 2 * (S + L) * F * (dv + 1)

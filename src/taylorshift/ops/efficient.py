@@ -85,6 +85,11 @@ def kernel_blocks(d: int, form: Form) -> Blocks:
     return row_blocks(d, form, None if form == "full" else min(d, KERNEL_ROW_BLOCKS))
 
 
+def kernel_features(d: int, form: Form) -> int:
+    """``F`` the non-causal kernel streams per token (its row-blocked layout, :func:`kernel_blocks`)."""
+    return blocked_feature_dim(d, kernel_blocks(d, form))
+
+
 def check_chunk_size(chunk_size: object) -> int | None:
     """``chunk_size`` if it is None or a positive int, else ``ValueError``."""
     if chunk_size is None:
