@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,9 @@ from taylorshift.data import manpages
 from taylorshift.data.cache import DataNotPreparedError, DataSourceError, load_manifest
 from taylorshift.data.registry import get_task
 from taylorshift.data.roff import render, render_sections, unescape
-from taylorshift.train.config import TrainConfig
+from taylorshift.train.config import TrainConfig, make_config, read_config_file
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "lra" / "manpages.yaml"
 
 MAN_PAGE = r""".\" Copyright notice that must not appear
 .TH FROBNICATE 1 2023-01-01 "frob 1.0" "User Commands"
@@ -255,6 +258,8 @@ def test_training_config_defaults_to_text_preset_with_three_classes(tmp_path):
     assert cfg.model == "text_bytes_cpu" and cfg.model_overrides == {"num_classes": 3}
     cfg = TrainConfig(task="manpages", max_steps=1, out_dir=str(tmp_path), model_overrides={"depth": 1})
     assert cfg.model_overrides == {"num_classes": 3, "depth": 1}
+    cfg = make_config(read_config_file(CONFIG))
+    assert cfg.task == "manpages" and cfg.model == "text_bytes_cpu" and cfg.model_overrides == {"num_classes": 3}
 
 
 def test_missing_sources_give_clear_errors(tmp_path, monkeypatch):
