@@ -279,6 +279,50 @@ def test_missing_sources_give_clear_errors(tmp_path, monkeypatch):
     (short / "tiny.1").write_text(".TH T 1\n.SH DESCRIPTION\nshort\n")
     with pytest.raises(DataSourceError, match="no manual page of at least"):
         manpages.prepare_manpages(tmp_path, source=tmp_path / "short")
+    (short / "long.1").write_text(".TH L 1\n.SH DESCRIPTION\n" + "word " * 1000)
+    with pytest.raises(DataSourceError, match="1 of the 3 classes"):
+        manpages.prepare_manpages(tmp_path, source=tmp_path / "short")
+
+
+def _fake_debian_tools(folder, fail: str | None = None):
+    """``apt-get`` and ``dpkg-deb`` stand-ins: ``apt-get download P...`` writes ``P_1.0_all.deb`` files (holding the
+    package name) unless P is ``fail``; ``dpkg-deb -x DEB DIR`` writes a long page of sections 1, 3 and 5 into DIR."""
+    folder.mkdir()
+    apt = folder / "apt-get"
+    apt.write_text("#!/bin/sh\nshift\nfor p in \"$@\"; do\n"
+                   f"  if [ \"$p\" = \"{fail}\" ]; then echo \"E: Unable to locate package $p\"; exit 100; fi\n"
+                   "  echo \"$p\" > \"${p}_1.0_all.deb\"\ndone\n")
+    dpkg = folder / "dpkg-deb"
+    dpkg.write_text("#!/bin/sh\nname=$(cat \"$2\")\nfor s in 1 3 5; do\n  mkdir -p \"$3/usr/share/man/man$s\"\n"
+                    "  { echo \".TH X $s\"; echo '.SH DESCRIPTION'; i=0; while [ $i -lt 200 ]; do "
+                    "echo \"$name $s line $i\"; i=$((i+1)); done; } > \"$3/usr/share/man/man$s/$name.$s\"\ndone\n")
+    for tool in (apt, dpkg):
+        tool.chmod(0o755)
+    return {"apt-get": str(apt), "dpkg-deb": str(dpkg)}
+
+
+def test_prepare_fetches_with_apt_get(tmp_path, monkeypatch):
+    tools = _fake_debian_tools(tmp_path / "bin")
+    monkeypatch.setattr(shutil, "which", tools.get)
+    monkeypatch.setattr(manpages, "PACKAGES", {"pkg-a": None, "pkg-b": None, "pkg-c": ("3",)})
+    ticks = []
+    manpages.prepare_manpages(tmp_path / "cache", progress=ticks.append)
+    assert sum(ticks) == 6  # 3 packages fetched, 3 rendered
+    params = load_manifest(tmp_path / "cache")["files"][f"{manpages.FOLDER}/{manpages.FILENAME}"]["params"]
+    assert params["packages"] == {"pkg-a": "1.0", "pkg-b": "1.0", "pkg-c": "1.0"}
+    assert params["source"].startswith("apt-get download pkg-a")
+    _, _, _, ids = manpages.load_manpages(tmp_path / "cache")
+    assert sorted(ids) == [f"pkg-{p}/pkg-{p}.{s}" for p in "ab" for s in "135"] + ["pkg-c/pkg-c.3"]
+    assert not [p for p in (tmp_path / "cache" / manpages.FOLDER).iterdir() if p.name.startswith(".fetch")]
+
+
+def test_apt_get_failure_names_the_package(tmp_path, monkeypatch):
+    tools = _fake_debian_tools(tmp_path / "bin", fail="pkg-b")
+    monkeypatch.setattr(shutil, "which", tools.get)
+    monkeypatch.setattr(manpages, "PACKAGES", {"pkg-a": None, "pkg-b": None})
+    with pytest.raises(DataSourceError, match="Unable to locate package pkg-b") as err:
+        manpages.prepare_manpages(tmp_path / "cache")
+    assert "missing: pkg-b" in str(err.value) and "apt-get update" in str(err.value)
 
 
 def test_cli_prepare(tmp_path, capsys):

@@ -33,6 +33,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -153,21 +154,35 @@ def _apt_fetch(packages: list[str], dest: Path, progress: Callable[[int], object
             "'dpkg-deb', but apt-get or dpkg-deb is not on PATH. On another system, unpack the packages listed in "
             "taylorshift.data.manpages.PACKAGES into one folder each (DIR/<package>/usr/share/man/...) and run "
             "'taylorshift data prepare manpages --source DIR'.")
+    # one apt-get call for all packages (loading apt's cache once per package would take minutes); the progress
+    # callback counts the .deb files as they arrive
+    log = dest / "apt-get.log"
+    with open(log, "w") as log_file:
+        proc = subprocess.Popen([apt, "download", *packages], cwd=dest, stdout=log_file, stderr=subprocess.STDOUT)
+    seen = 0
+    while proc.poll() is None:
+        time.sleep(0.5)
+        done = len(list(dest.glob("*.deb")))
+        if progress is not None and done > seen:
+            progress(done - seen)
+        seen = max(seen, done)
+    proc.wait()
+    missing = [name for name in packages if not list(dest.glob(f"{name}_*.deb"))]
+    if proc.returncode != 0 or missing:
+        said = log.read_text(errors="replace").strip()[-500:]
+        raise DataSourceError(
+            f"'apt-get download' of the {len(packages)} manual-page packages failed ({said}"
+            f"{'; missing: ' + ' '.join(missing) if missing else ''}). Run 'sudo apt-get update' (the packages are "
+            "in Debian's main archive) and retry, or pass a folder of unpacked packages with --source DIR.")
+    if progress is not None and len(packages) > seen:
+        progress(len(packages) - seen)
     roots = {}
     for name in packages:
-        result = subprocess.run([apt, "download", name], cwd=dest, capture_output=True, text=True)
-        debs = sorted(dest.glob(f"{name}_*.deb"))
-        if result.returncode != 0 or not debs:
-            raise DataSourceError(
-                f"'apt-get download {name}' failed ({result.stderr.strip() or result.stdout.strip()}). Run "
-                "'sudo apt-get update' (the packages are in Debian's main archive) and retry, or pass a folder "
-                "of unpacked packages with --source DIR.")
+        deb = sorted(dest.glob(f"{name}_*.deb"))[0]
         root = dest / name
-        subprocess.run([dpkg, "-x", str(debs[0]), str(root)], check=True, capture_output=True)
-        roots[name] = (root, debs[0].name.split("_")[1])
-        debs[0].unlink()
-        if progress is not None:
-            progress(1)
+        subprocess.run([dpkg, "-x", str(deb), str(root)], check=True, capture_output=True)
+        roots[name] = (root, deb.name.split("_")[1])
+        deb.unlink()
     return roots
 
 
@@ -280,7 +295,7 @@ def prepare_manpages(cache_dir: str | os.PathLike | None = None, source: str | o
         source: a folder with one unpacked package per sub-folder (``DIR/<package>/usr/share/man/man*/...``);
             every sub-folder is read. Default: ``apt-get download`` each package of :data:`PACKAGES` into a
             temporary folder (no root needed once ``apt-get update`` has run).
-        progress: called with 1 after each package is fetched and after each is rendered.
+        progress: called with the number of packages fetched, then with 1 after each package is rendered.
 
     Raises:
         DataSourceError: a package could not be fetched, ``source`` is not a folder of unpacked packages, or no
@@ -305,6 +320,10 @@ def prepare_manpages(cache_dir: str | os.PathLike | None = None, source: str | o
                                               progress=progress)
     if not docs:
         raise DataSourceError(f"{origin}: no manual page of at least {MIN_BYTES} bytes in sections 1-8")
+    found = len(set(labels))
+    if found * MAX_CLASS_FRACTION < 1:
+        raise DataSourceError(f"{origin}: the pages fall into {found} of the {len(CLASS_NAMES)} classes "
+                              f"({', '.join(CLASS_NAMES)}); no class may hold more than {MAX_CLASS_FRACTION:.0%}")
     pieces = [split_passages(d) for d in docs]
     keep = balance(labels, [len(p) for p in pieces])
     passages = [q for k in keep for q in pieces[k]]
