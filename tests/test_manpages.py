@@ -23,6 +23,8 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "lra" / "manpages.yam
 
 MAN_PAGE = r""".\" Copyright notice that must not appear
 .TH FROBNICATE 1 2023-01-01 "frob 1.0" "User Commands"
+\\
+preamble leftovers
 .de XX
 .  B defined-macro-body-never-rendered
 ..
@@ -109,9 +111,12 @@ def test_document_text_strips_what_gives_the_section_away():
     doc = manpages.document_text(MAN_PAGE)
     assert doc.startswith("DESCRIPTION\nfrobnicate reads each file")
     for gone in ("NAME", "SYNOPSIS", "SEE ALSO", "AUTHOR", "Somebody", "turn widgets into gadgets", "(5)", "(3)",
-                 "User Commands", "FROBNICATE", "2023"):
+                 "User Commands", "FROBNICATE", "2023", "preamble"):
         assert gone not in doc, gone
     assert "see gadget and widget for the formats" in doc  # references keep their names
+    mpi = manpages.document_text(".TH MPI_Send 3\n.SH SYNTAX\n.SS C Syntax\n.nf\n#include <mpi.h>\n.fi\n"
+                                 ".SH DESCRIPTION\nSends a message.\n.SH TABLE OF CONTENTS\nSYNOPSIS\n")
+    assert mpi == "DESCRIPTION\nSends a message.\n"
     mdoc = manpages.document_text(MDOC_PAGE)
     assert mdoc.startswith("DESCRIPTION\nThe lister utility lists path in long format with -l, like ls does")
     assert "strlen(const char *s)" in mdoc

@@ -9,9 +9,10 @@ Label: the kind of page, from the manual section it is filed under: 0 = command 
 programming interface (2, 3), 2 = file format, device or convention (4, 5, 7).
 
 What a model sees: the page rendered to plain text by :mod:`taylorshift.data.roff`, without everything that
-names the section or the page: the ``.TH``/``.Dt`` header and the sections NAME, SYNOPSIS, LIBRARY, SEE ALSO,
-AUTHOR(S), COPYRIGHT, COLOPHON and REPORTING BUGS are dropped, and every cross reference loses its section
-number (``printf(3)`` becomes ``printf``). A document therefore starts with DESCRIPTION (or whatever section
+names the section or the page: the ``.TH``/``.Dt`` header, any text before the first heading, and the
+sections NAME, SYNOPSIS (also "C SYNOPSIS", "SYNTAX"), LIBRARY, SEE ALSO, TABLE OF CONTENTS, AUTHOR(S),
+COPYRIGHT, COLOPHON and REPORTING BUGS are dropped, and every cross reference loses its section number
+(``printf(3)`` becomes ``printf``). A document therefore starts with DESCRIPTION (or whatever section
 comes first after those), so its first bytes are the same for every class; the kind must be read from the prose
 and examples. Symlinks, ``.so`` aliases, duplicate texts and pages shorter than 2,048 bytes after stripping are
 left out.
@@ -83,8 +84,8 @@ SECTION_CLASSES: dict[str, int] = {"1": 0, "6": 0, "8": 0, "2": 1, "3": 1, "4": 
 CLASS_NAMES: tuple[str, ...] = ("command", "programming interface", "file format, device or convention")
 # sections of a page that name it or its manual section: never part of a document
 DROPPED_SECTIONS: frozenset[str] = frozenset({
-    "NAME", "SYNOPSIS", "LIBRARY", "SEE ALSO", "COLOPHON", "AUTHOR", "AUTHORS", "COPYRIGHT", "REPORTING BUGS",
-    "COPYRIGHT AND LICENSE", "LICENSE", "LICENCE"})
+    "NAME", "SYNOPSIS", "C SYNOPSIS", "SYNTAX", "LIBRARY", "SEE ALSO", "TABLE OF CONTENTS", "COLOPHON", "AUTHOR",
+    "AUTHORS", "COPYRIGHT", "REPORTING BUGS", "COPYRIGHT AND LICENSE", "LICENSE", "LICENCE"})
 MIN_BYTES = 2048  # pages and passages shorter than this (after stripping) are left out
 PASSAGE_BYTES = 4000  # pages are cut into passages of at most this many bytes, at line ends
 MAX_PASSAGES = 4  # passages taken from one page (its first ones), so that the longest pages do not dominate
@@ -103,12 +104,12 @@ def document_text(source: str) -> str:
     """A manual page as a document whose kind must be read from its text.
 
     The roff source is rendered to plain text (:func:`taylorshift.data.roff.render_sections`); the header
-    (``.TH`` / ``.Dt``, which states the section) is never rendered; the sections in :data:`DROPPED_SECTIONS`
-    (NAME, SYNOPSIS, LIBRARY, SEE ALSO, authors and copyright) are dropped; every cross reference's section
-    number is removed (``printf(3)`` becomes ``printf``).
+    (``.TH`` / ``.Dt``, which states the section) is never rendered, nor is any text before the first heading
+    (the leftovers of macro preambles); the sections in :data:`DROPPED_SECTIONS` (NAME, SYNOPSIS and its
+    variants, LIBRARY, SEE ALSO, a table of contents, authors and copyright) are dropped; every cross
+    reference's section number is removed (``printf(3)`` becomes ``printf``).
     """
-    kept = [s.text() for s in render_sections(source)
-            if (s.heading is None and s.paragraphs) or (s.heading is not None and s.heading not in DROPPED_SECTIONS)]
+    kept = [s.text() for s in render_sections(source) if s.heading is not None and s.heading not in DROPPED_SECTIONS]
     text = "\n\n".join(kept)
     text = _SECTION_REF.sub("", text)
     text = "\n".join(line.rstrip() for line in text.split("\n"))
