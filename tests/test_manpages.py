@@ -114,7 +114,7 @@ def test_document_text_strips_what_gives_the_section_away():
                  "User Commands", "FROBNICATE", "2023", "preamble"):
         assert gone not in doc, gone
     assert "see gadget and widget for the formats" in doc  # references keep their names
-    mpi = manpages.document_text(".TH MPI_Send 3\n.SH SYNTAX\n.SS C Syntax\n.nf\n#include <mpi.h>\n.fi\n"
+    mpi = manpages.document_text(".TH MPI_Send 3\n.SH C SYNTAX\n.SS C Syntax\n.nf\n#include <mpi.h>\n.fi\n"
                                  ".SH DESCRIPTION\nSends a message.\n.SH TABLE OF CONTENTS\nSYNOPSIS\n")
     assert mpi == "DESCRIPTION\nSends a message.\n"
     mdoc = manpages.document_text(MDOC_PAGE)

@@ -10,7 +10,7 @@ programming interface (2, 3), 2 = file format, device or convention (4, 5, 7).
 
 What a model sees: the page rendered to plain text by :mod:`taylorshift.data.roff`, without everything that
 names the section or the page: the ``.TH``/``.Dt`` header, any text before the first heading, and the
-sections NAME, SYNOPSIS (also "C SYNOPSIS", "SYNTAX"), LIBRARY, SEE ALSO, TABLE OF CONTENTS, AUTHOR(S),
+sections NAME, SYNOPSIS (and "SYNTAX", "C SYNTAX", ...), LIBRARY, SEE ALSO, TABLE OF CONTENTS, AUTHOR(S),
 COPYRIGHT, COLOPHON and REPORTING BUGS are dropped, and every cross reference loses its section number
 (``printf(3)`` becomes ``printf``). A document therefore starts with DESCRIPTION (or whatever section
 comes first after those), so its first bytes are the same for every class; the kind must be read from the prose
@@ -84,7 +84,7 @@ SECTION_CLASSES: dict[str, int] = {"1": 0, "6": 0, "8": 0, "2": 1, "3": 1, "4": 
 CLASS_NAMES: tuple[str, ...] = ("command", "programming interface", "file format, device or convention")
 # sections of a page that name it or its manual section: never part of a document
 DROPPED_SECTIONS: frozenset[str] = frozenset({
-    "NAME", "SYNOPSIS", "C SYNOPSIS", "SYNTAX", "LIBRARY", "SEE ALSO", "TABLE OF CONTENTS", "COLOPHON", "AUTHOR",
+    "NAME", "SYNOPSIS", "SYNTAX", "LIBRARY", "SEE ALSO", "TABLE OF CONTENTS", "COLOPHON", "AUTHOR",
     "AUTHORS", "COPYRIGHT", "REPORTING BUGS", "COPYRIGHT AND LICENSE", "LICENSE", "LICENCE"})
 MIN_BYTES = 2048  # pages and passages shorter than this (after stripping) are left out
 PASSAGE_BYTES = 4000  # pages are cut into passages of at most this many bytes, at line ends
@@ -105,11 +105,13 @@ def document_text(source: str) -> str:
 
     The roff source is rendered to plain text (:func:`taylorshift.data.roff.render_sections`); the header
     (``.TH`` / ``.Dt``, which states the section) is never rendered, nor is any text before the first heading
-    (the leftovers of macro preambles); the sections in :data:`DROPPED_SECTIONS` (NAME, SYNOPSIS and its
-    variants, LIBRARY, SEE ALSO, a table of contents, authors and copyright) are dropped; every cross
-    reference's section number is removed (``printf(3)`` becomes ``printf``).
+    (the leftovers of macro preambles); the sections in :data:`DROPPED_SECTIONS` (NAME, SYNOPSIS, LIBRARY,
+    SEE ALSO, a table of contents, authors and copyright) and every section whose heading ends with SYNOPSIS
+    or SYNTAX (``C SYNTAX``) are dropped; every cross reference's section number is removed (``printf(3)``
+    becomes ``printf``).
     """
-    kept = [s.text() for s in render_sections(source) if s.heading is not None and s.heading not in DROPPED_SECTIONS]
+    kept = [s.text() for s in render_sections(source) if s.heading is not None and s.heading not in DROPPED_SECTIONS
+            and not s.heading.endswith(("SYNOPSIS", "SYNTAX"))]  # also "C SYNTAX", "FORTRAN SYNTAX", ...
     text = "\n\n".join(kept)
     text = _SECTION_REF.sub("", text)
     text = "\n".join(line.rstrip() for line in text.split("\n"))
