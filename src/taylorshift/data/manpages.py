@@ -23,6 +23,17 @@ dominate. Pages of the largest class are then dropped at random (seeded) until n
 the passages (:func:`balance`). The train / val / test split (default 80 / 10 / 10 %) is by page, stratified by
 class, so all passages of a page are in one split. A sample is a passage as UTF-8 bytes in a 4,000-byte window,
 padded with byte 0 (the LRA Text encoding); ``length`` below 4,000 crops it (a random window when training).
+
+The corpus as prepared from Debian 12 on 2026-12-02 (165 packages, e.g. manpages and manpages-dev 6.03-2,
+perl-doc 5.36.0-7+deb12u3, libssl-doc 3.0.20-1~deb12u2, systemd 252.39-1~deb12u2, coreutils 9.1-1; the manifest
+lists all versions, and newer package versions change the counts slightly): 5,182 pages (1,855 command,
+2,611 programming interface, 716 file format/convention) giving 9,198 passages (3,385 / 4,139 / 1,674; 32.4 MB).
+With the default split: train 4,144 pages / 7,353 passages, val 519 / 946, test 519 / 899; majority class
+(programming interface) 45.0 % of train and 44.6 % of test passages. Passage length: median 3,821 bytes, 10 %
+below 2,441, 25 % below 3,186 (the rest fill most of the 4,000-byte window). The largest sources are
+manpages-dev, mpich-doc, erlang-manpages, perl-doc, libssl-doc (about 280-385 pages each); 3,192 pages give one
+passage, 832 give the maximum of four. The residue of the stripping: 45 passages still hold a line "NAME"
+(mostly inside examples) and 33 Open MPI pages keep a "FORTRAN SYNTAX (...)" section.
 """
 
 from __future__ import annotations

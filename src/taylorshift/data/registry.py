@@ -11,7 +11,7 @@ name               what                                        classes  tokens  
 ``pixels``         Fashion-MNIST as 32×32 pixel sequences      10       1,024       Debian dataset-fashion-mnist
 ``fmnist_images``  Fashion-MNIST as 1×28×28 images (ViT)       10       (image)     Debian dataset-fashion-mnist
 ``fortunes-lm``    English fortunes, next-byte prediction      (256)    512 + 1     Debian fortunes(-min)
-``manpages``       Debian manual pages: kind of page, bytes    3        4,000       99 Debian packages' pages
+``manpages``       Debian manual pages: kind of page, bytes    3        4,000       165 Debian pkgs, man1-8
 =================  ==========================================  =======  ==========  =========================
 """
 
