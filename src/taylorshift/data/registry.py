@@ -11,6 +11,7 @@ name               what                                        classes  tokens  
 ``pixels``         Fashion-MNIST as 32×32 pixel sequences      10       1,024       Debian dataset-fashion-mnist
 ``fmnist_images``  Fashion-MNIST as 1×28×28 images (ViT)       10       (image)     Debian dataset-fashion-mnist
 ``fortunes-lm``    English fortunes, next-byte prediction      (256)    512 + 1     Debian fortunes(-min)
+``manpages``       Debian manual pages: kind of page, bytes    3        4,000       165 Debian pkgs, man1-8
 =================  ==========================================  =======  ==========  =========================
 """
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from taylorshift.data import fashion_mnist, fortunes, listops, pathfinder, text_polarity
+from taylorshift.data import fashion_mnist, fortunes, listops, manpages, pathfinder, text_polarity
 from taylorshift.data.cache import resolve_cache_dir
 
 
@@ -186,6 +187,12 @@ _TASKS = {
         f"Debian packages {' + '.join(fortunes.DEBIAN_PACKAGES)} (apt-get download)", ("source",),
         fortunes.prepare_fortunes, fortunes.fortunes_lm_dataset,
         lambda root, o: [root / "fortunes" / fortunes.FILENAME]),
+    "manpages": Task(
+        "manpages", "Debian manual pages as UTF-8 bytes, headers stripped: command, programming interface or "
+        "file format/convention?", "tokens", len(manpages.CLASS_NAMES), manpages.DEFAULT_LENGTH, 256, 0,
+        manpages.SPLITS, f"{len(manpages.PACKAGES)} Debian packages' manual pages (apt-get download)",
+        ("source", "progress"), manpages.prepare_manpages, manpages.manpages_bytes,
+        lambda root, o: [root / manpages.FOLDER / manpages.FILENAME]),
 }
 
 

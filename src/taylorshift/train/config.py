@@ -28,6 +28,12 @@ DEFAULT_MODELS: dict[str, str] = {
     "pixels": "pixels_cpu",
     "fmnist_images": "vit_tiny_fmnist",
     "fortunes-lm": "fortunes_lm",
+    "manpages": "text_bytes_cpu",
+}
+# model config fields a task needs on top of its default preset (applied when the run uses that preset; the
+# run's own model_overrides win)
+DEFAULT_MODEL_OVERRIDES: dict[str, dict[str, Any]] = {
+    "manpages": {"num_classes": 3},
 }
 
 # fields that define the function being trained: a resumed run must match them exactly
@@ -159,6 +165,8 @@ class TrainConfig:
             if self.task not in DEFAULT_MODELS:
                 raise ConfigError("model", f"task {self.task!r} has no default model; pass model=<preset>")
             self.model = DEFAULT_MODELS[self.task]
+        if self.model == DEFAULT_MODELS.get(self.task):
+            self.model_overrides = {**DEFAULT_MODEL_OVERRIDES.get(self.task, {}), **self.model_overrides}
         try:
             task.check_dataset_options(self.data_options)
         except TypeError as err:
