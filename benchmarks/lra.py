@@ -33,9 +33,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ("listops", "pathfinder", "text", "pixels", "fmnist_images", "listops_short", "pathfinder16", "fortunes-lm")
+TASKS = ("listops", "pathfinder", "text", "pixels", "fmnist_images", "listops_short", "pathfinder16", "manpages",
+         "fortunes-lm")
 RECIPES = ROOT / "configs" / "lra" / "recipes.yaml"
-CLASSIFIER_TASKS = ("listops", "pathfinder", "text", "pixels", "listops_short", "pathfinder16")
+CLASSIFIER_TASKS = ("listops", "pathfinder", "text", "pixels", "listops_short", "pathfinder16", "manpages")
 
 
 def config_path(task: str) -> Path:
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         args.doc = str(ROOT / "docs" / ("results_budget.md" if args.protocol == "budget" else "results.md"))
     if args.tasks is None:
         args.tasks = list(TASKS[:5]) if args.protocol == "budget" else \
-            ["listops_short", "pathfinder16", "text", "pixels", "fmnist_images"]
+            ["listops_short", "pathfinder16", "manpages", "pixels", "fmnist_images"]
     if args.protocol != "budget":
         if args.phase in ("all", "train"):
             jobs = protocol_runs(args.protocol, args.tasks, args.attentions, runs, args.settings, args.seeds,

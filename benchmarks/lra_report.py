@@ -300,6 +300,8 @@ def _steps_per_epoch(summary: dict) -> int:
 VARIANTS = {
     "listops_short": ("ListOps (LRA)", "expressions of 101-499 tokens (LRA: 501-1,999), same generator and rules"),
     "pathfinder16": ("Pathfinder-32 (LRA)", "16x16 images (256 tokens), paths of 4 paddles (LRA: 32x32, 14)"),
+    "manpages": ("IMDB bytes (LRA Text)", "Debian manual-page passages, 3 classes by section, 2-4 kB bytes (headers, "
+                 "NAME, SYNOPSIS, SEE ALSO stripped)"),
     **{k: (v[0], v[1]) for k, v in SUBSTITUTIONS.items()},
 }
 
