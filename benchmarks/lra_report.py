@@ -344,15 +344,14 @@ def run_record(s: dict, protocol: str, recipe: str) -> dict:
     }
 
 
-def collect_records(runs: Path, recipes: dict, attentions=("taylorshift", "softmax")) -> tuple[list, dict]:
-    """``(records, summary)`` from the matched and sweep run folders. ``summary`` follows issue #11's schema:
-    ``{"tasks": [{"name", "stands_in_for", "train_size", "test_size", "majority_rate", "runs": [{"attention",
-    "seed", "steps", "test_accuracy"}]}], "lm": [], "protocol": {...}}`` (matched runs only, accuracies in %)."""
+RECORD_KEY = ("protocol", "task", "recipe", "attention", "seed")
+
+
+def folder_records(runs: Path, recipes: dict, attentions=("taylorshift", "softmax")) -> list[dict]:
+    """The compact records of the finished matched, sweep and embed runs under ``runs``."""
     from lra import canonical_recipe, run_path
 
-    from taylorshift.analysis.accuracy import majority_rate
-
-    records, tasks, lm = [], [], []
+    records = []
     for protocol in ("matched", "sweep", "embed"):
         for task_dir in sorted((runs / protocol).glob("*")):
             task = task_dir.name
@@ -368,32 +367,72 @@ def collect_records(runs: Path, recipes: dict, attentions=("taylorshift", "softm
                             continue
                         done.add((rname, a, seed))
                         records.append(run_record(s, protocol, rname))
-            matched = [r for r in records if r["protocol"] == "matched" and r["task"] == task]
-            if protocol == "matched" and matched and task == "fortunes-lm":
-                lm.append({"name": task, "runs": [{k: r[k] for k in ("attention", "seed", "steps",
-                                                                       "test_bits_per_byte")} for r in matched]})
-            elif protocol == "matched" and matched:
-                first = _summary(run_path(runs, protocol, task, matched[0]["recipe"], matched[0]["attention"],
-                                          matched[0]["seed"]))
-                test = _split_labels(task, "test", first["config"], first["test"]["count"])
-                tasks.append({
-                    "name": task, "stands_in_for": VARIANTS.get(task, (task,))[0],
-                    "data": VARIANTS.get(task, ("", ""))[1],
-                    "train_size": len(_split_labels(task, "train", first["config"])), "test_size": len(test),
-                    "majority_rate": round(majority_rate(test), 3),
-                    "runs": [{k: r[k] for k in ("attention", "seed", "steps", "test_accuracy")} for r in matched],
-                })
-    summary = {"tasks": tasks, "lm": lm, "protocol": {
+    return records
+
+
+def merge_records(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` (the committed docs/results/runs.json) updated by ``new``: a run folder's record replaces the
+    committed record of the same (protocol, task, recipe, attention, seed); the other committed records stay, so
+    a session that no longer has an earlier session's run folders keeps their results."""
+    key = lambda r: tuple(r[k] for k in RECORD_KEY)  # noqa: E731
+    merged = {key(r): r for r in old}
+    merged.update({key(r): r for r in new})
+    return sorted(merged.values(), key=lambda r: tuple(str(r[k]) for k in RECORD_KEY))
+
+
+def task_data_stats(task: str, data_options: dict, test_count: int | None = None) -> dict:
+    """``{"train_size", "test_size", "majority_rate"}`` read from the task's prepared data (test: the first
+    ``test_count`` examples, the ones the runs were scored on)."""
+    from taylorshift.analysis.accuracy import majority_rate
+
+    cfg = {"data_options": data_options}
+    test = _split_labels(task, "test", cfg, test_count)
+    return {"train_size": len(_split_labels(task, "train", cfg)), "test_size": len(test),
+            "majority_rate": round(majority_rate(test), 3)}
+
+
+def build_summary(records: list[dict], recipes: dict, previous: dict | None = None, stats=task_data_stats) -> dict:
+    """Issue #11's summary from the matched records: ``{"tasks": [{"name", "stands_in_for", "train_size",
+    "test_size", "majority_rate", "runs": [{"attention", "seed", "steps", "test_accuracy"}]}], "lm": [...],
+    "protocol": {...}}`` (accuracies in %). A task's data sizes and majority rate are read from its prepared
+    data; where the data is not prepared here, they come from ``previous`` (the committed summary)."""
+    prev = {t["name"]: t for t in (previous or {}).get("tasks", [])}
+    tasks, lm = [], []
+    for task in sorted({r["task"] for r in records if r["protocol"] == "matched"}):
+        matched = [r for r in records if r["protocol"] == "matched" and r["task"] == task]
+        if task == "fortunes-lm":
+            lm.append({"name": task, "runs": [{k: r[k] for k in ("attention", "seed", "steps", "test_bits_per_byte")}
+                                              for r in matched]})
+            continue
+        try:
+            data = stats(task, matched[0]["data_options"], matched[0]["test_count"])
+        except (FileNotFoundError, OSError) as e:
+            if task not in prev:
+                raise SystemExit(f"{task}: its data is not prepared ({e}) and the committed summary has no entry; "
+                                 f"run 'taylorshift data prepare {task}'") from e
+            data = {k: prev[task][k] for k in ("train_size", "test_size", "majority_rate")}
+        tasks.append({"name": task, "stands_in_for": VARIANTS.get(task, (task,))[0],
+                      "data": VARIANTS.get(task, ("", ""))[1], **data,
+                      "runs": [{k: r[k] for k in ("attention", "seed", "steps", "test_accuracy")} for r in matched]})
+    return {"tasks": tasks, "lm": lm, "protocol": {
         "chosen_recipe": recipes["chosen"], "recipe": recipes["recipes"][recipes["chosen"]],
         "recipes": recipes["recipes"], "seeds": recipes["seeds"]}}
-    return records, summary
+
+
+def collect_records(runs: Path, recipes: dict, previous_records: list | None = None,
+                    previous_summary: dict | None = None) -> tuple[list, dict]:
+    """``(records, summary)``: the committed records merged with those of the run folders under ``runs``."""
+    records = merge_records(previous_records or [], folder_records(runs, recipes))
+    return records, build_summary(records, recipes, previous_summary)
 
 
 def write_protocol_report(runs: Path, doc: Path, recipes: dict) -> Path:
-    """Collect the run folders into docs/results/{runs,summary}.json, then render ``doc`` from them."""
-    records, summary = collect_records(runs, recipes)
+    """Merge the run folders into docs/results/{runs,summary}.json (keeping committed records whose folders are
+    gone), then render ``doc`` from those two files."""
     figs = doc.parent / "results"
     figs.mkdir(parents=True, exist_ok=True)
+    load = lambda p, default: json.loads(p.read_text()) if p.exists() else default  # noqa: E731
+    records, summary = collect_records(runs, recipes, load(figs / "runs.json", []), load(figs / "summary.json", {}))
     (figs / "runs.json").write_text(json.dumps(records, indent=1) + "\n")
     (figs / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     import torch

@@ -31,7 +31,7 @@ from taylorshift.data import get_task  # noqa: E402
 from taylorshift.models import create_model  # noqa: E402
 from taylorshift.nn.blocks import Block  # noqa: E402
 from taylorshift.train.batches import loss_and_correct, make_batch  # noqa: E402
-from taylorshift.train.config import DEFAULT_MODELS  # noqa: E402
+from taylorshift.train.config import DEFAULT_MODEL_OVERRIDES, DEFAULT_MODELS  # noqa: E402
 from taylorshift.train.loop import param_groups, peak_rss_mib  # noqa: E402
 
 
@@ -55,14 +55,16 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(out)
 
 
-def profile(task_name: str, attention: str, batch_size: int, repeats: int, overrides: dict) -> dict:
+def profile(task_name: str, attention: str, batch_size: int, repeats: int, overrides: dict,
+            data_options: dict | None = None) -> dict:
     task = get_task(task_name)
-    data = task.dataset("train")
+    data = task.dataset("train", **(data_options or {}))
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(data), generator=g)[:batch_size].tolist()
     draw = lambda: make_batch(task.kind, [data[i] for i in idx], task.pad_id, torch.device("cpu"))  # noqa: E731
     batch = draw()
     torch.manual_seed(0)
+    overrides = {**DEFAULT_MODEL_OVERRIDES.get(task_name, {}), **overrides}  # e.g. manpages' 3 classes
     model = create_model(DEFAULT_MODELS[task_name], attention=attention, **overrides).train()
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-3)
 
@@ -137,19 +139,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="model config override, e.g. --set temperature_init=4 (repeatable)")
+    p.add_argument("--data", dest="data_options", action="append", default=[], metavar="OPTION=VALUE",
+                   help="dataset option, e.g. --data length=1024 for manpages (repeatable)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    overrides = {}
-    for item in args.overrides:
-        key, _, value = item.partition("=")
-        overrides[key] = json.loads(value) if value[:1] in "0123456789-[{tn" else value
+    overrides, data_options = {}, {}
+    for items, into in ((args.overrides, overrides), (args.data_options, data_options)):
+        for item in items:
+            key, _, value = item.partition("=")
+            into[key] = json.loads(value) if value[:1] in "0123456789-[{tn" else value
     load = os.getloadavg()[0]
     print(f"# {cpu_model()}, torch {torch.__version__}, {args.threads} thread(s), load {load:.2f} at start")
     rows = []
     for task in args.task:
         for attention in args.attention:
-            r = profile(task, attention, args.batch_size, args.repeats, overrides)
+            r = profile(task, attention, args.batch_size, args.repeats, overrides, data_options)
             rows.append(r)
             parts = ("data", "embedding", "attention", "mlp", "optimizer", "rest")
             share = " ".join(f"{k} {r[k + '_s']:.3f}s ({100 * r[k + '_s'] / r['step_s']:.0f}%)" for k in parts)

@@ -95,3 +95,38 @@ def test_embedding_section_pairs_conv_with_the_linear_matched_runs():
     text = lra_report.render_protocol_report(_summary([]), records, META)
     row = next(ln for ln in text.splitlines() if ln.startswith("| pixels | 100"))
     assert "| 51.00 ± 1.00 | 61.17 ± 1.04 | +10.17 [" in row and row.endswith("| better |")
+
+
+def _record(task, attention, seed, acc, protocol="matched"):
+    return {"protocol": protocol, "task": task, "recipe": "r", "attention": attention, "seed": seed,
+            "steps": 100, "test_accuracy": acc, "test_bits_per_byte": 1.0, "data_options": {}, "test_count": 10}
+
+
+def test_records_of_earlier_sessions_survive_a_merge():
+    # run folders are lost between sessions: the committed records stay unless a folder re-produces the same run
+    old = [_record("a", "taylorshift", 0, 30.0), _record("a", "softmax", 0, 31.0)]
+    new = [_record("a", "softmax", 0, 35.0), _record("b", "softmax", 1, 50.0)]
+    merged = lra_report.merge_records(old, new)
+    by = {(r["task"], r["attention"], r["seed"]): r["test_accuracy"] for r in merged}
+    assert by == {("a", "taylorshift", 0): 30.0, ("a", "softmax", 0): 35.0, ("b", "softmax", 1): 50.0}
+
+
+def test_summary_takes_data_sizes_from_data_or_from_the_committed_summary():
+    recipes = {"recipes": {"r": {}}, "chosen": "r", "seeds": [0]}
+    records = [_record("a", "taylorshift", 0, 30.0), _record("b", "softmax", 0, 40.0),
+               _record("fortunes-lm", "softmax", 0, 0.0)]
+
+    def stats(task, data_options, test_count):
+        if task == "b":
+            raise FileNotFoundError("b not prepared")
+        return {"train_size": 7, "test_size": test_count, "majority_rate": 12.5}
+
+    previous = {"tasks": [{"name": "b", "train_size": 70, "test_size": 20, "majority_rate": 50.0}]}
+    summary = lra_report.build_summary(records, recipes, previous, stats=stats)
+    tasks = {t["name"]: t for t in summary["tasks"]}
+    assert (tasks["a"]["train_size"], tasks["a"]["test_size"], tasks["a"]["majority_rate"]) == (7, 10, 12.5)
+    assert (tasks["b"]["train_size"], tasks["b"]["majority_rate"]) == (70, 50.0)
+    assert summary["lm"] == [{"name": "fortunes-lm", "runs": [{"attention": "softmax", "seed": 0, "steps": 100,
+                                                               "test_bits_per_byte": 1.0}]}]
+    with pytest.raises(SystemExit, match="not prepared"):
+        lra_report.build_summary(records, recipes, {}, stats=stats)
