@@ -385,9 +385,15 @@ def task_data_stats(task: str, data_options: dict, test_count: int | None = None
     ``test_count`` examples, the ones the runs were scored on)."""
     from taylorshift.analysis.accuracy import majority_rate
 
+    from taylorshift.data import get_task
+    from taylorshift.train.loop import holdout_split
+
     cfg = {"data_options": data_options}
     test = _split_labels(task, "test", cfg, test_count)
-    return {"train_size": len(_split_labels(task, "train", cfg)), "test_size": len(test),
+    train = len(_split_labels(task, "train", cfg))
+    if "val" not in get_task(task).splits:  # the trainer validates on a held-out part of train
+        train = len(holdout_split(train)[1])
+    return {"train_size": train, "test_size": len(test),
             "majority_rate": round(majority_rate(test), 3)}
 
 

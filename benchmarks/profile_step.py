@@ -126,8 +126,33 @@ def profile(task_name: str, attention: str, batch_size: int, repeats: int, overr
     result["rest_s"] = result["step_s"] - sum(result[k] for k in ("embedding_s", "attention_s", "mlp_s",
                                                                      "optimizer_s"))
     result["peak_rss_mib"] = peak_rss_mib()
+    result["saved_mib"], result["saved_by_site"] = saved_for_backward(forward_loss)
     model.zero_grad(set_to_none=True)
     return result
+
+
+def saved_for_backward(forward) -> tuple[float, dict[str, float]]:
+    """MiB that autograd keeps for the backward of one ``forward()`` (each storage counted once), and the same
+    split by the source line (file:line in taylorshift or torch.nn) that saved the storage first: the
+    activation memory a training step holds at its peak, besides the backward's own workspace."""
+    import traceback
+
+    seen: dict = {}
+    by_site: dict[str, float] = {}
+
+    def pack(t):
+        key = (t.untyped_storage().data_ptr(), t.dtype)
+        if key not in seen:
+            seen[key] = t.untyped_storage().nbytes() / 2**20
+            frames = [f for f in traceback.extract_stack()
+                      if "taylorshift" in f.filename or "torch/nn/modules" in f.filename]
+            site = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+            by_site[site] = by_site.get(site, 0.0) + seen[key]
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(seen.values()), dict(sorted(by_site.items(), key=lambda kv: -kv[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="model config override, e.g. --set temperature_init=4 (repeatable)")
     p.add_argument("--data", dest="data_options", action="append", default=[], metavar="OPTION=VALUE",
                    help="dataset option, e.g. --data length=1024 for manpages (repeatable)")
+    p.add_argument("--saved", action="store_true",
+                   help="also list what autograd saves for the backward, by source line (activation memory)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -159,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             parts = ("data", "embedding", "attention", "mlp", "optimizer", "rest")
             share = " ".join(f"{k} {r[k + '_s']:.3f}s ({100 * r[k + '_s'] / r['step_s']:.0f}%)" for k in parts)
             print(f"{task:8s} {attention:11s} N={r['tokens']}: step {r['step_s']:.3f}s | {share} | "
-                  f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+                  f"peak RSS {r['peak_rss_mib']:.0f} MiB | saved for backward {r['saved_mib']:.0f} MiB", flush=True)
+            if args.saved:
+                for site, mib in list(r["saved_by_site"].items())[:8]:
+                    print(f"    saved at {site:32s} {mib:7.1f} MiB")
     print(f"# load {os.getloadavg()[0]:.2f} at end")
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": cpu_model(), "torch": torch.__version__, "rows": rows},
