@@ -300,8 +300,9 @@ def _steps_per_epoch(summary: dict) -> int:
 VARIANTS = {
     "listops_short": ("ListOps (LRA)", "expressions of 101-499 tokens (LRA: 501-1,999), same generator and rules"),
     "pathfinder16": ("Pathfinder-32 (LRA)", "16x16 images (256 tokens), paths of 4 paddles (LRA: 32x32, 14)"),
-    "manpages": ("IMDB bytes (LRA Text)", "Debian manual-page passages, 3 classes by section, 2-4 kB bytes (headers, "
-                 "NAME, SYNOPSIS, SEE ALSO stripped)"),
+    "manpages": ("IMDB bytes (LRA Text)", "Debian manual-page passages (2-4 kB), 3 classes by section, headers, NAME, "
+                 "SYNOPSIS, SEE ALSO stripped; read as 512-byte windows (configs/lra/manpages.yaml; LRA: 4,000 "
+                 "bytes)"),
     **{k: (v[0], v[1]) for k, v in SUBSTITUTIONS.items()},
 }
 
