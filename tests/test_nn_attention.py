@@ -195,3 +195,50 @@ def test_temperature_init_sets_every_head_and_is_checked():
     for bad in (0.0, -1.0, float("inf"), float("nan"), True, "4"):
         with pytest.raises(ValueError, match="temperature_init"):
             TaylorShiftAttention(32, 4, temperature_init=bad)
+
+
+def test_unit_qk_backward_matches_plain_ops_and_saves_no_raw_copy():
+    """The training-time q/k normalisation (:class:`_UnitQK`) has the gradient of the plain operations (float64,
+    including an all-zero row where the norm is clamped) and keeps only its output and the norms for the
+    backward, not the raw projections."""
+    from taylorshift.nn.attention import _unit_qk, _value_slot
+
+    torch.manual_seed(0)
+    t = torch.randn(2, 5, 3, 2, 4, dtype=torch.float64)
+    t[0, 1, 0, 1] = 0.0  # a zero q row: clamped norm
+    t[1, 2, 1, 0] *= 1e-3
+    g = torch.randn_like(t)
+    a = t.clone().requires_grad_(True)
+    ya = _unit_qk(a)
+    ya.backward(g)
+    b = t.clone().requires_grad_(True)
+    norms = torch.linalg.vector_norm(b, dim=-1, keepdim=True).clamp_min(1e-12)
+    yb = b / torch.where(_value_slot(b.device), 1.0, norms)
+    yb.backward(g)
+    torch.testing.assert_close(ya, yb, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10)
+    assert torch.autograd.gradcheck(_unit_qk, (t[1:, :2].clone().requires_grad_(True),))  # away from the kink
+
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x) or x, lambda x: x):
+        _unit_qk(t.clone().requires_grad_(True))
+    big = [x for x in saved if x.numel() == t.numel()]
+    assert len(big) == 1, "only the normalized output is kept at full size"
+    assert not torch.equal(big[0], t)
+
+
+def test_module_training_memory_taylorshift_keeps_qkv_once_normalized():
+    """What autograd keeps for one TaylorShift block's attention: no raw copy of the projections."""
+    from taylorshift.nn.attention import TaylorShiftAttention
+
+    torch.manual_seed(0)
+    attn = TaylorShiftAttention(32, 4, backend="efficient")
+    x = torch.randn(2, 64, 32, requires_grad=True)
+    seen = {}
+    def pack(t):
+        seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        attn(x)
+    qkv_bytes = 2 * 64 * 3 * 32 * 4
+    assert sum(seen.values()) < 4.5 * qkv_bytes, sum(seen.values()) / qkv_bytes

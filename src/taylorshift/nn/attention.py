@@ -117,6 +117,42 @@ def _value_slot(device: torch.device) -> Tensor:
     return _cached_value_slot(device)
 
 
+class _UnitQK(torch.autograd.Function):
+    """``t / where(value slot, 1, norms)`` on the ``(B, N, 3, H, d)`` projections, saving only its output and the
+    norms for the backward (plain tensor operations would keep the raw projections alive as well: one more copy of
+    q, k and v per block during training).
+
+    The gradient of ``y = x / max(|x|, ε)`` is ``(g − y (g·y)) / |x|`` where ``|x| > ε`` and ``g / ε`` where the
+    norm is clamped; on value rows it is ``g``.
+    """
+
+    @staticmethod
+    def forward(ctx, t: Tensor, slot: Tensor) -> Tensor:
+        norms = torch.linalg.vector_norm(t, dim=-1, keepdim=True)  # (B, N, 3, H, 1)
+        divisor = torch.where(slot, 1.0, norms.clamp_min(1e-12))
+        y = t / divisor
+        ctx.save_for_backward(y, divisor, norms > 1e-12, slot)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        y, divisor, unclamped, slot = ctx.saved_tensors
+        radial = torch.where(unclamped & ~slot, (g * y).sum(-1, keepdim=True), 0.0)
+        return (g - y * radial) / divisor, None
+
+
+def _unit_qk(t: Tensor) -> Tensor:
+    """q and k rows of ``t (B, N, 3, H, d)`` divided by their L2 norms clamped at 1e-12 (as ``F.normalize``), the
+    value rows unchanged; in training through :class:`_UnitQK` (lean backward), else one norm, clamp, select and
+    division (a decoding step is a handful of small operations, so their count matters; exporters and compilers
+    see plain operations)."""
+    slot = _value_slot(t.device)
+    if t.requires_grad and torch.is_grad_enabled() and not (exporting() or torch.compiler.is_compiling()):
+        return _UnitQK.apply(t, slot)
+    norms = torch.linalg.vector_norm(t, dim=-1, keepdim=True).clamp_min(1e-12)  # (B, N, 3, H, 1)
+    return t / torch.where(slot, 1.0, norms)
+
+
 class TaylorShiftAttention(nn.Module):
     """Multi-head TaylorShift self-attention.
 
@@ -226,15 +262,13 @@ class TaylorShiftAttention(nn.Module):
         """``q, k, v (B, H, N, d)`` and the logit scale (the temperature, or None for ``1/√d``).
 
         With ``normalize_qk`` the q and k rows are divided by their L2 norms clamped at 1e-12 (as
-        ``F.normalize``); the divisor of the v rows is 1. One norm, clamp, select and division for the q, k and v
-        rows of all heads together (a decoding step is a handful of small operations, so their count matters).
+        ``F.normalize``), the v rows kept, for all heads at once (:func:`_unit_qk`).
         """
         B, N, _ = x.shape
         t = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, d)
         scale = None
         if self.normalize_qk:
-            norms = torch.linalg.vector_norm(t, dim=-1, keepdim=True).clamp_min(1e-12)  # (B, N, 3, H, 1)
-            t = t / torch.where(_value_slot(t.device), 1.0, norms)
+            t = _unit_qk(t)
             scale = self.temperature  # (H, 1, 1), broadcasts to (B, H, 1, 1)
         q, k, v = t.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d) each
         return q, k, v, scale
