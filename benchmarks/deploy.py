@@ -8,8 +8,12 @@ threads) and together in ``deploy.json``, plus ``deploy.png``:
 * ``deploy_forward.csv``: a sequence classifier (``--preset``, default ``text_bytes_cpu``: D = 64, 2 blocks,
   4 heads of d = 16; random weights; batch 1, one padding mask input) at each ``--lengths`` N, for every
   (attention, backend) in ``taylorshift/efficient``, ``taylorshift/direct``, ``softmax`` and every runtime in
-  ``eager``, ``ort_fp32``, ``ort_int8``. The ONNX graphs are exported once (example length 64, dynamic
-  length) into ``--work-dir`` (default: ``deploy/`` in the taylorshift cache).
+  ``eager``, ``ort_fp32``, ``ort_int8`` and, when ExecuTorch is installed (the ``executorch`` extra),
+  ``executorch`` (XNNPACK). The ONNX graphs are exported once (example length 64, dynamic length) into
+  ``--work-dir`` (default: ``deploy/`` in the taylorshift cache). ExecuTorch plans its buffers for the longest
+  length a program takes, so its programs are exported once per N with ``max_len = N`` (what a device that
+  needs N would ship), and its peak memory is counted from before the program is loaded (the planned buffers
+  are allocated at load, not during the call).
 * ``deploy_decode.csv``: the causal LM (``fortunes_lm``; random weights) prefilled to each ``--contexts``
   length with eager PyTorch, then single-token steps: eager TaylorShift (constant state), ONNX Runtime
   TaylorShift (the step graph of :func:`taylorshift.deploy.export_lm_step`, state taken from the eager
@@ -84,7 +88,7 @@ INT8_COLUMNS = (
     "int8_kib",
 )
 ARCHS = (("taylorshift", "efficient"), ("taylorshift", "direct"), ("softmax", "-"))
-RUNTIMES = ("eager", "ort_fp32", "ort_int8")
+RUNTIMES = ("eager", "ort_fp32", "ort_int8", "executorch")
 MIB = 1 << 20
 
 
@@ -134,6 +138,13 @@ def _forward_call(job: dict[str, Any]):
                 return model(ids, key_padding_mask=pad)
 
         return call
+    if job["runtime"] == "executorch":
+        from taylorshift.bench.memory import read_status_kib
+        from taylorshift.deploy.executorch import ExecuTorchModel
+
+        job["rss_before_load_kib"] = read_status_kib("VmRSS")
+        program = ExecuTorchModel(job["path"])
+        return lambda: program(ids, pad)
     from taylorshift.deploy import OnnxModel
 
     runtime = OnnxModel(job["path"], threads=1, arena=False)
@@ -166,6 +177,18 @@ def _decode_call(job: dict[str, Any]):
                 return model.step(token, cache)
 
         return call
+    if job["runtime"] == "executorch":
+        from taylorshift.deploy.executorch import ExecuTorchModel
+
+        program = ExecuTorchModel(job["path"])
+        states = [layer.state.state.clone() for layer in cache.layers]
+        position = torch.full((1,), n, dtype=torch.long)
+        job["state_bytes"] = sum(s.numel() * s.element_size() for s in states)
+
+        def call():  # every timed step at the same context and state: its cost does not depend on them
+            return program(token, position, *states)
+
+        return call
     from taylorshift.deploy import LMState, OnnxLMRunner
 
     runner = OnnxLMRunner(job["path"], threads=1, arena=False)
@@ -194,6 +217,11 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         call = _decode_call(job) if job["part"] == "decode" else _forward_call(job)
         _set_limit(job.get("limit_mib"))
         out["peak_mib"] = peak_cpu_bytes(call, warmup=True) / MIB
+        if "rss_before_load_kib" in job:  # ExecuTorch: its planned buffers were allocated at load
+            from taylorshift.bench.memory import read_status_kib
+
+            out["peak_mib"] = (read_status_kib("VmHWM") - job["rss_before_load_kib"]) / 1024
+            out["note"] = "peak counted from before loading the program (planned buffers included)"
         out.update(_timed(call, job["repeats"]))
         if "state_bytes" in job:
             out["state_mib"] = job["state_bytes"] / MIB
@@ -246,10 +274,22 @@ def export_graphs(args: argparse.Namespace, work: Path) -> dict[tuple[str, str, 
         export_onnx(model, fp32, example, backend="efficient" if attention == "softmax" else backend)
         graphs[attention, backend, "ort_fp32"] = fp32
         graphs[attention, backend, "ort_int8"] = quantize_int8(fp32, work / f"{attention}_{backend}.int8.onnx")
+        if "executorch" in args.runtimes and "forward" in args.parts:
+            from taylorshift.deploy.executorch import export_executorch
+
+            for n in args.lengths:  # planned for max_len: one program per length, sized for it
+                ex = (torch.zeros(1, min(64, n), dtype=torch.long), torch.zeros(1, min(64, n), dtype=torch.bool))
+                graphs[attention, backend, "executorch", n] = export_executorch(
+                    model, work / f"{attention}_{backend}_{n}.pte", ex,
+                    backend="efficient" if attention == "softmax" else backend, max_len=n)
     if "decode" in args.parts:
         torch.manual_seed(0)
         lm = create_model("fortunes_lm", "taylorshift", max_len=_decode_max_len(args)).eval()
         graphs["lm", "step", "ort_fp32"] = export_lm_step(lm, work / "lm_step.onnx")
+        if "executorch" in args.runtimes:
+            from taylorshift.deploy.executorch import export_lm_step_executorch
+
+            graphs["lm", "step", "executorch"] = export_lm_step_executorch(lm, work / "lm_step.pte")
     return graphs
 
 
@@ -273,7 +313,8 @@ def forward_part(args, graphs, meta) -> list[dict]:
                     "max_len": max(args.lengths),
                     "repeats": args.repeats,
                     "limit_mib": args.limit_mib,
-                    "path": str(graphs.get((attention, backend, runtime), "")),
+                    "path": str(graphs.get((attention, backend, runtime, n))
+                                or graphs.get((attention, backend, runtime), "")),
                 }
                 r = run_job(job, args.timeout)
                 row = {"attention": attention, "backend": backend, "runtime": runtime, "n": n, **r}
@@ -294,7 +335,10 @@ def decode_part(args, graphs, meta) -> list[dict]:
         f"{'state MiB':>10}"
     )
     for context in args.contexts:
-        for attention, runtime in (("taylorshift", "eager"), ("taylorshift", "ort_fp32"), ("softmax", "eager")):
+        kinds = [("taylorshift", "eager"), ("taylorshift", "ort_fp32"), ("softmax", "eager")]
+        if "executorch" in args.runtimes:
+            kinds.insert(2, ("taylorshift", "executorch"))
+        for attention, runtime in kinds:
             job = {
                 "part": "decode",
                 "attention": attention,
@@ -304,7 +348,7 @@ def decode_part(args, graphs, meta) -> list[dict]:
                 "repeats": args.repeats,
                 "limit_mib": args.limit_mib,
                 "steps_budget": args.repeats + 2,
-                "path": str(graphs.get(("lm", "step", "ort_fp32"), "")),
+                "path": str(graphs.get(("lm", "step", runtime), "")),
             }
             r = run_job(job, args.timeout)
             row = {"attention": attention, "runtime": runtime, "context": context, **r}
@@ -411,7 +455,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    styles = {"eager": "-", "ort_fp32": "--", "ort_int8": ":"}
+    styles = {"eager": "-", "ort_fp32": "--", "ort_int8": ":", "executorch": "-."}
     colors = {"taylorshift/efficient": "C0", "taylorshift/direct": "C1", "softmax/-": "C3"}
     for attention, backend in ARCHS:
         for runtime in RUNTIMES:
@@ -454,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--preset", default="text_bytes_cpu", help="classifier preset of the forward part")
     p.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096, 16384], help="forward lengths N")
-    p.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
+    p.add_argument("--runtimes", nargs="+", default=None, choices=RUNTIMES,
+                   help="default: all, executorch only when it is installed")
     p.add_argument("--contexts", type=int, nargs="+", default=[1024, 16384], help="LM decoding context lengths")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per point (median reported)")
     p.add_argument(
@@ -482,6 +527,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("lengths and contexts must be >= 2, --repeats >= 1")
     if "int8" in args.parts and not args.checkpoints:
         p.error("--parts int8 needs --checkpoints")
+    if args.runtimes is None:
+        import importlib.util
+
+        args.runtimes = [r for r in RUNTIMES if r != "executorch" or importlib.util.find_spec("executorch")]
     import torch
 
     from taylorshift.bench.io import collect_metadata, write_csv

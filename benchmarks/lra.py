@@ -34,9 +34,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("listops", "pathfinder", "text", "pixels", "fmnist_images", "listops_short", "pathfinder16", "manpages",
-         "fortunes-lm")
+         "fortunes-lm", "pathfinder16_easy")
 RECIPES = ROOT / "configs" / "lra" / "recipes.yaml"
-CLASSIFIER_TASKS = ("listops", "pathfinder", "text", "pixels", "listops_short", "pathfinder16", "manpages")
+CLASSIFIER_TASKS = ("listops", "pathfinder", "text", "pixels", "listops_short", "pathfinder16", "manpages",
+                    "pathfinder16_easy")
 
 
 def config_path(task: str) -> Path:

@@ -300,6 +300,8 @@ def _steps_per_epoch(summary: dict) -> int:
 VARIANTS = {
     "listops_short": ("ListOps (LRA)", "expressions of 101-499 tokens (LRA: 501-1,999), same generator and rules"),
     "pathfinder16": ("Pathfinder-32 (LRA)", "16x16 images (256 tokens), paths of 4 paddles (LRA: 32x32, 14)"),
+    "pathfinder16_easy": ("Pathfinder-32 (LRA)", "16x16 images (256 tokens), paths of 4 paddles, no distractor paths "
+                          "(LRA: 32x32, 14 paddles, distractors)"),
     "manpages": ("IMDB bytes (LRA Text)", "Debian manual-page passages (2-4 kB), 3 classes by section, headers, NAME, "
                  "SYNOPSIS, SEE ALSO stripped; read as 512-byte windows (configs/lra/manpages.yaml; LRA: 4,000 "
                  "bytes)"),
@@ -385,7 +387,6 @@ def task_data_stats(task: str, data_options: dict, test_count: int | None = None
     """``{"train_size", "test_size", "majority_rate"}`` read from the task's prepared data (test: the first
     ``test_count`` examples, the ones the runs were scored on)."""
     from taylorshift.analysis.accuracy import majority_rate
-
     from taylorshift.data import get_task
     from taylorshift.train.loop import holdout_split
 

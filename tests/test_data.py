@@ -461,8 +461,8 @@ def test_polarity_csv_with_bom(tmp_path, monkeypatch):
 
 
 def test_registry():
-    assert list_tasks() == ["listops", "listops_short", "pathfinder", "pathfinder16", "text", "pixels",
-                            "fmnist_images", "fortunes-lm", "manpages"]
+    assert list_tasks() == ["listops", "listops_short", "pathfinder", "pathfinder16", "pathfinder16_easy", "text",
+                            "pixels", "fmnist_images", "fortunes-lm", "manpages"]
     from taylorshift.data import cli
 
     assert tuple(list_tasks()) == cli.TASKS
@@ -558,3 +558,9 @@ def test_cpu_sized_variants_have_their_own_files(tmp_path):
     assert tokens.shape == (256,) and int(label) in (0, 1)
     assert not get_task("pathfinder").is_prepared(tmp_path)
     assert (tmp_path / "pathfinder" / "L4-S16" / "train.npz").exists()
+    easy = get_task("pathfinder16_easy")
+    assert not easy.is_prepared(tmp_path)
+    easy.prepare(tmp_path, size=6, val_size=2, test_size=2)
+    assert easy.is_prepared(tmp_path) and (tmp_path / "pathfinder" / "L4-S16-D0" / "train.npz").exists()
+    lit = lambda ds: sum(int((ds[i][0] > 0).sum()) for i in range(len(ds)))  # noqa: E731
+    assert lit(easy.dataset("train", tmp_path)) < 0.8 * lit(pf.dataset("train", tmp_path))  # two paths, not four

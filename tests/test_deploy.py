@@ -282,7 +282,7 @@ def test_cli_errors(tmp_path, capsys):
         assert main(["export", *args]) == 2
         return capsys.readouterr().err
 
-    assert "unknown format 'tflite'; supported: onnx (no ExecuTorch" in error(
+    assert "unknown format 'tflite'; supported: onnx, executorch" in error(
         ["--checkpoint", str(ckpt), "--format", "tflite", "--out", out]
     )
     unknown = _checkpoint(tmp_path, model, "unknown.safetensors", config_class="MysteryConfig")

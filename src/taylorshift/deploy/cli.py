@@ -1,4 +1,4 @@
-"""``taylorshift export``: export a trained checkpoint to ONNX, optionally int8-quantized.
+"""``taylorshift export``: export a trained checkpoint to ONNX (optionally int8-quantized) or ExecuTorch.
 
 Examples::
 
@@ -6,11 +6,14 @@ Examples::
     taylorshift export --checkpoint runs/pixels-pixels_cpu-taylorshift --format onnx --quantize int8 \\
         --out pixels.int8.onnx
     taylorshift export --checkpoint runs/fortunes --format onnx --graph step --out lm_step.onnx
+    taylorshift export --checkpoint runs/pixels-pixels_cpu-taylorshift --format executorch --out pixels.pte
 
 The checkpoint is read with :func:`taylorshift.train.checkpoint.load_model` (safetensors, never unpickled).
 ``--graph forward`` (default) exports the model's forward pass with dynamic batch and sequence axes
 (:func:`taylorshift.deploy.export_onnx`); ``--graph step`` the decoding step of a TaylorShift language model
 (:func:`taylorshift.deploy.export_lm_step`), which :class:`taylorshift.deploy.OnnxLMRunner` runs.
+``--format executorch`` writes an ExecuTorch program lowered to XNNPACK (batch 1, a ``.pte`` and its ``.json``;
+:mod:`taylorshift.deploy.executorch`), which :class:`taylorshift.deploy.executorch.ExecuTorchModel` runs.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 
 from taylorshift.cli import CLIError, output_file, positive_int
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "executorch")
 QUANTIZATIONS = ("int8",)
 DEFAULT_LENGTH = 64
 
@@ -29,7 +32,7 @@ DEFAULT_LENGTH = 64
 def _format(text: str) -> str:
     if text not in FORMATS:
         raise argparse.ArgumentTypeError(
-            f"unknown format {text!r}; supported: {', '.join(FORMATS)} (no ExecuTorch: docs/deploy.md)"
+            f"unknown format {text!r}; supported: {', '.join(FORMATS)}"
         )
     return text
 
@@ -40,14 +43,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="a checkpoint.safetensors written by 'taylorshift train' (or its run folder)",
     )
-    parser.add_argument("--format", type=_format, default="onnx", help="output format: onnx (the only one; default)")
+    parser.add_argument(
+        "--format",
+        type=_format,
+        default="onnx",
+        help="onnx (default; ONNX Runtime) or executorch (a .pte for ExecuTorch with XNNPACK, batch 1; needs the "
+        "executorch extra)",
+    )
     parser.add_argument("--out", required=True, help="the file to write (its folder must exist)")
     parser.add_argument(
         "--quantize",
         choices=QUANTIZATIONS,
         default=None,
         help="int8: dynamic quantization of the linear layers' weights and inputs (ONNX Runtime's quantizer); "
-        "the attention stays float32",
+        "the attention stays float32. ONNX only",
     )
     parser.add_argument(
         "--graph",
@@ -107,10 +116,12 @@ def run(args: argparse.Namespace) -> int:
     from taylorshift.train.checkpoint import load_model
 
     output_file(args.out, "--out")
-    for module in ("onnx", "onnxscript", "onnxruntime"):
-        require(module)
     if args.graph == "step" and args.length is not None:
         raise CLIError("--length is for forward graphs; a step graph takes one token")
+    if args.format == "executorch":
+        return _run_executorch(args)
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        require(module)
     model, _meta = load_model(args.checkpoint)
     out = Path(args.out)
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,4 +140,25 @@ def run(args: argparse.Namespace) -> int:
     if args.quantize:
         line += f" ({args.quantize}; float32: {size / 1024:.0f} KiB)"
     print(line)
+    return 0
+
+
+def _run_executorch(args: argparse.Namespace) -> int:
+    from taylorshift.deploy.executorch import export_executorch, export_lm_step_executorch, require_executorch
+    from taylorshift.train.checkpoint import load_model
+
+    if args.quantize:
+        raise CLIError("--quantize: int8 is for --format onnx (ONNX Runtime's quantizer); ExecuTorch exports float32")
+    require_executorch()
+    model, _meta = load_model(args.checkpoint)
+    out = Path(args.out)
+    if args.graph == "step":
+        export_lm_step_executorch(model, out, batch_size=args.batch_size)
+    else:
+        example = tuple(t[:1] for t in example_input(model, args.length))  # batch 1: the program's batch is fixed
+        export_executorch(model, out, example, backend=args.backend)
+    what = f"{type(model).__name__} ({model.config.attention}), {args.graph} graph"
+    if args.graph == "forward" and model.config.attention == "taylorshift":
+        what += f", backend {args.backend}"
+    print(f"wrote {out} (+ {out.name}.json): {what}, ExecuTorch/XNNPACK, {out.stat().st_size / 1024:.0f} KiB")
     return 0

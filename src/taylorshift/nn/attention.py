@@ -279,7 +279,10 @@ class TaylorShiftAttention(nn.Module):
         B, H, N, d = out.shape
         if self.output_scale:  # the factor in at least float32 (float16 cannot hold n = 65,536)
             dtype = torch.float64 if out.dtype == torch.float64 else torch.float32  # (no promote_types: one op less)
-            n = n if isinstance(n, Tensor) else torch.full((), n, dtype=dtype, device=out.device)  # int or SymInt
+            if isinstance(n, torch.SymInt):  # an integer tensor first: no sym_float of the length in the graph
+                n = torch.full((), n, dtype=torch.int64, device=out.device)
+            elif not isinstance(n, Tensor):
+                n = torch.full((), n, dtype=dtype, device=out.device)
             factor = torch.sqrt(n.to(dtype) / d)
             out = out * (factor if factor.dtype == out.dtype else factor.to(out.dtype))
         out = self.proj(out.transpose(1, 2).reshape(B, N, H * d))  # (B, N, H·d) -> (B, N, C)

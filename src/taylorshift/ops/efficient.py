@@ -124,7 +124,11 @@ def augment_values(v: Tensor, key_mask: Tensor | None, norm: float | int) -> Ten
     Returns:
         ``(*batch, S, dv + 1)``.
     """
-    vp = torch.cat([v, v.new_ones((*v.shape[:-1], 1))], dim=-1) * (1.0 / norm)  # norm: an int, SymInt or float
+    vp = torch.cat([v, v.new_ones((*v.shape[:-1], 1))], dim=-1)
+    if isinstance(norm, torch.SymInt):  # a symbolic length: divide by it as a tensor (no sym_float in the graph)
+        vp = vp / torch.full((), norm, dtype=torch.int64, device=v.device).to(vp.dtype)
+    else:
+        vp = vp * (1.0 / norm)  # an int or float
     if key_mask is not None:
         km = key_mask.unsqueeze(-1) if key_mask.dim() == 1 else key_mask.transpose(-1, -2)  # (..., S, 1)
         vp = vp * km

@@ -61,10 +61,19 @@ def feature_dim(d: int, form: Form = DEFAULT_FORM) -> int:
 _FEW_ROWS = 4
 
 
+def _triu(d: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Row and column indices of the pairs ``i <= j < d``, row by row (as ``torch.triu_indices(d, d)``), built
+    from Python integers so that an exported graph holds them as constants (``aten.triu_indices`` is not a core
+    ATen operator: ExecuTorch's edge dialect rejects it)."""
+    rows = [i for i in range(d) for _ in range(i, d)]
+    cols = [j for i in range(d) for j in range(i, d)]
+    return torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(cols, dtype=torch.long, device=device)
+
+
 @functools.lru_cache(maxsize=64)
 def _upper_triangle(d: int, device: torch.device) -> Tensor:
     """Flat indices ``i·d + j`` of the pairs ``i <= j`` in the row order of the symmetric form."""
-    i, j = torch.triu_indices(d, d, device=device)
+    i, j = _triu(d, device)
     return i * d + j
 
 
@@ -82,7 +91,7 @@ def augmented_pairs(d: int, form: Form, device: torch.device) -> tuple[Tensor, T
         i = torch.arange(d, device=device).repeat_interleave(d)
         j = torch.arange(d, device=device).repeat(d)
     else:
-        i, j = torch.triu_indices(d, d, device=device)
+        i, j = _triu(d, device)
     first = torch.arange(d + 1, device=device)  # (0..d-1, then d): x_i · 1 and the constant 1 · 1
     last = torch.full((d + 1,), d, dtype=first.dtype, device=device)
     return torch.cat([i, first]), torch.cat([j, last])

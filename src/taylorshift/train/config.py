@@ -24,6 +24,7 @@ DEFAULT_MODELS: dict[str, str] = {
     "listops_short": "listops_cpu",
     "pathfinder": "pathfinder_cpu",
     "pathfinder16": "pathfinder_cpu",
+    "pathfinder16_easy": "pathfinder_cpu",
     "text": "text_bytes_cpu",
     "pixels": "pixels_cpu",
     "fmnist_images": "vit_tiny_fmnist",
