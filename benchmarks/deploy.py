@@ -140,8 +140,9 @@ def _forward_call(job: dict[str, Any]):
         return call
     if job["runtime"] == "executorch":
         from taylorshift.bench.memory import read_status_kib
-        from taylorshift.deploy.executorch import ExecuTorchModel
+        from taylorshift.deploy.executorch import ExecuTorchModel, require_executorch
 
+        require_executorch("executorch.runtime").Runtime.get()  # the runtime library itself is not the program's
         job["rss_before_load_kib"] = read_status_kib("VmRSS")
         program = ExecuTorchModel(job["path"])
         return lambda: program(ids, pad)
@@ -214,8 +215,12 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     out: dict[str, Any] = {"status": "ok", "note": ""}
     try:
+        at_load = job["runtime"] == "executorch"  # ExecuTorch allocates its planned buffers when it loads
+        if at_load:
+            _set_limit(job.get("limit_mib"))
         call = _decode_call(job) if job["part"] == "decode" else _forward_call(job)
-        _set_limit(job.get("limit_mib"))
+        if not at_load:
+            _set_limit(job.get("limit_mib"))
         out["peak_mib"] = peak_cpu_bytes(call, warmup=True) / MIB
         if "rss_before_load_kib" in job:  # ExecuTorch: its planned buffers were allocated at load
             from taylorshift.bench.memory import read_status_kib

@@ -523,12 +523,41 @@ def render_protocol_report(summary: dict, records: list, meta: dict, figs: Path 
     lines += _lm_section(summary["lm"])
     lines += _embed_section(records)
     lines += _sweep_section([r for r in records if r["protocol"] == "sweep"], proto)
+    if figs is not None:
+        lines += _probes_section(figs / "probes")
     if summary["tasks"]:
         lines += ["## Task sizes relative to LRA", "", "| task | stands in for | data |", "|---|---|---|"]
         lines += [f"| {t['name']} | {t['stands_in_for']} | {t['data']} |" for t in summary["tasks"]]
     lines += ["", "The same-CPU-budget comparison (the paper's efficiency argument: each model gets the same CPU "
               "time, so a faster kernel sees more steps) is `docs/results_budget.md`.", ""]
     return "\n".join(lines)
+
+
+def read_probe(path: Path) -> dict:
+    """A probe file (``docs/results/probes/*.csv``): a ``#`` line saying what ran, then the validation rows of
+    the run's metrics.csv. Returns ``{"name", "about", "steps", "last", "best"}`` (accuracies in %)."""
+    import csv
+
+    text = path.read_text().splitlines()
+    about = text[0].lstrip("# ").strip() if text and text[0].startswith("#") else ""
+    rows = [r for r in csv.DictReader(line for line in text if not line.startswith("#")) if r["split"] == "val"]
+    if not rows:
+        raise ValueError(f"{path}: no validation rows")
+    acc = [100 * float(r["accuracy"]) for r in rows]
+    return {"name": path.stem, "about": about, "steps": int(rows[-1]["step"]), "last": acc[-1], "best": max(acc)}
+
+
+def _probes_section(folder: Path) -> list[str]:
+    """Short single-seed runs kept as evidence for tasks that did not learn here (not part of any verdict)."""
+    probes = [read_probe(p) for p in sorted(folder.glob("*.csv"))] if folder.is_dir() else []
+    if not probes:
+        return []
+    lines = ["## Probes of tasks that did not learn on this machine", "",
+             "Single runs kept as evidence (`docs/results/probes/`), not compared: validation accuracy at the last "
+             "evaluation and the best one; chance is 50 % on the binary tasks.", "",
+             "| probe | what ran | last evaluated step | val accuracy (last / best) |", "|---|---|---:|---:|"]
+    lines += [f"| {p['name']} | {p['about']} | {p['steps']:,} | {p['last']:.1f} / {p['best']:.1f} |" for p in probes]
+    return lines + [""]
 
 
 def _embed_section(records: list) -> list[str]:
@@ -592,7 +621,9 @@ def _sweep_section(sweep: list, proto: dict) -> list[str]:
              "so the temperature variants share its run. Recipes: " + "; ".join(
                  f"`{n}`: {_recipe_text(proto['recipes'][n])}" for n in names) + ".", "",
              "| task | attention | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
+    choice = []
     for task in sorted({r["task"] for r in sweep}):
+        val: dict[tuple[str, str], float] = {}
         for a in ("taylorshift", "softmax"):
             cells = []
             for n in names:
@@ -602,9 +633,20 @@ def _sweep_section(sweep: list, proto: dict) -> list[str]:
                     twin = next((m for m in names if proto["recipes"][m] == base), None)
                     r = next((r for r in sweep if r["task"] == task and r["attention"] == a and r["recipe"] == twin),
                              None)
+                if r is not None:
+                    val[a, n] = r["val_accuracy"]
                 cells.append("–" if r is None else f"{r['val_accuracy']:.1f} ({r['steps']})")
             lines.append(f"| {task} | {a} | " + " | ".join(cells) + " |")
-    return lines + ["", "Cells: validation accuracy in % (steps trained); – = not run or not finished.", ""]
+        both = {n: (val["taylorshift", n] + val["softmax", n]) / 2 for n in names
+                if ("taylorshift", n) in val and ("softmax", n) in val}
+        if both:
+            best = max(both, key=both.get)
+            chosen = proto.get("chosen_recipe")
+            note = (f"`{best}` ({both[best]:.1f} %, mean of the two attentions)"
+                    + ("" if chosen not in both else f"; the matched protocol's `{chosen}`: {both[chosen]:.1f} %"))
+            choice.append(f"- {task}: best on validation {note}.")
+    return lines + ["", "Cells: validation accuracy in % (steps trained); – = not run or not finished.", "",
+                    *choice, ""]
 
 
 def _matched_plot(task: str, runs: list, path: Path) -> None:

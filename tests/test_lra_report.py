@@ -130,3 +130,40 @@ def test_summary_takes_data_sizes_from_data_or_from_the_committed_summary():
                                                                "test_bits_per_byte": 1.0}]}]
     with pytest.raises(SystemExit, match="not prepared"):
         lra_report.build_summary(records, recipes, {}, stats=stats)
+
+
+def test_probe_files_are_read_from_their_rows(tmp_path):
+    """A probe's numbers come from its validation rows (train rows ignored), and the section lists it."""
+    folder = tmp_path / "probes"
+    folder.mkdir()
+    (folder / "pf_x_s0.csv").write_text(
+        "# pf, TaylorShift, seed 0\n"
+        "step,split,epoch,loss,accuracy,lr,samples,train_seconds,cpu_seconds,samples_per_second\n"
+        "10,train,0.01,0.69,0.90,0.001,320,1,1,1\n"
+        "250,val,0.4,0.69,0.503,,2000,1,1,\n"
+        "500,val,0.8,0.69,0.497,,2000,1,1,\n")
+    p = lra_report.read_probe(folder / "pf_x_s0.csv")
+    assert p["steps"] == 500 and p["last"] == pytest.approx(49.7) and p["best"] == pytest.approx(50.3)
+    assert p["about"] == "pf, TaylorShift, seed 0"
+    text = "\n".join(lra_report._probes_section(folder))
+    assert "| pf_x_s0 | pf, TaylorShift, seed 0 | 500 | 49.7 / 50.3 |" in text
+    (folder / "empty.csv").write_text("step,split,accuracy\n1,train,0.5\n")
+    with pytest.raises(ValueError, match="no validation rows"):
+        lra_report.read_probe(folder / "empty.csv")
+
+
+def test_sweep_names_the_best_recipe_on_validation_from_the_runs():
+    records = [
+        {"protocol": "sweep", "task": "t", "recipe": "paper", "attention": "softmax", "val_accuracy": 20.0,
+         "steps": 100},
+        {"protocol": "sweep", "task": "t", "recipe": "paper", "attention": "taylorshift", "val_accuracy": 22.0,
+         "steps": 100},
+        {"protocol": "sweep", "task": "t", "recipe": "r", "attention": "taylorshift", "val_accuracy": 30.0,
+         "steps": 100},
+    ]
+    summary = _summary([])
+    summary["protocol"]["recipes"] = {"paper": {}, "r": {"model_overrides.temperature_init": 4.0}}
+    summary["protocol"]["chosen_recipe"] = "paper"
+    text = lra_report.render_protocol_report(summary, records, META)
+    assert "- t: best on validation `r` (25.0 %, mean of the two attentions); the matched protocol's `paper`: " \
+           "21.0 %." in text
