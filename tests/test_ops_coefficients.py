@@ -104,3 +104,28 @@ def test_the_polynomial_has_one_home():
     a, b, c = 0.7, -0.4, 0.2
     assert torch.equal(polynomial.evaluate(s, (a, b, c)), (a * s + b) * s + c)
     assert torch.equal(polynomial.derivative(s, (a, b, c)), 2 * a * s + b)
+
+
+@pytest.mark.parametrize("coefficients", [(0.5, 1.0, 1.0), (1.0, 2.0, 1.0), (0.25, -0.3, 2.0), (1e-9, 1.0, 3e8)])
+@pytest.mark.parametrize("mask_kind", ["none", "keys", "rows", "causal"])
+def test_direct_forward_completed_square_matches_the_oracle(coefficients, mask_kind):
+    """The direct forward's completed square ``p(s)/a = (s + m)² + r`` (r folded into the small product for
+    no mask or key-only masks; added to the weights otherwise) gives the oracle's function; coefficients whose
+    m or r are too large for it take the plain evaluation (the last case)."""
+    from taylorshift.ops.direct import completed_square
+
+    assert (completed_square(coefficients) is None) == (coefficients[0] == 1e-9)
+    q, k, v = make_qkv(2, 3, 40, 40, 8, dtype=torch.float64, seed=7, unit=True)
+    mask, causal = None, mask_kind == "causal"
+    if mask_kind == "keys":
+        mask = torch.ones(2, 1, 1, 40, dtype=torch.bool)
+        mask[0, ..., 25:] = False
+        mask[1, ..., :3] = False
+    elif mask_kind == "rows":
+        mask = torch.rand(2, 1, 40, 40, generator=torch.Generator().manual_seed(1)) > 0.3
+        mask[1, 0, 5] = False  # a row without keys: 0 output
+    out = taylor_shift_attention(q, k, v, attn_mask=mask, is_causal=causal, backend="direct",
+                                 coefficients=coefficients, scale=2.0)
+    ref = taylor_shift_attention_reference(q, k, v, attn_mask=mask, is_causal=causal, coefficients=coefficients,
+                                           scale=2.0)
+    assert rel_err(out, ref) < 1e-12

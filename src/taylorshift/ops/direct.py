@@ -82,6 +82,52 @@ def _has_key(mask: Tensor | None, keep: Tensor | None, S: int, device: torch.dev
     return keep.any(-1, keepdim=True) if keep.dim() >= 2 else keep.any(-1).view(1, 1)  # (S,) stands for (1, S)
 
 
+def completed_square(coefficients) -> tuple[float, float] | None:
+    """``(m, r)`` with ``p(s) / a = (s + m)² + r`` (``m = b / 2a``, ``r = c / a − m²``), or None where they are too
+    large to square safely in float32 (extreme coefficients keep the plain evaluation)."""
+    a, b, c = coefficients
+    m = b / (2 * a)
+    r = c / a - m * m
+    return (m, r) if abs(m) <= 1e3 and abs(r) <= 1e6 else None
+
+
+def _forward_blocks(qs, k, v, mask, coefficients, block, causal, out, den) -> list:
+    """The blocked forward with the completed square: per block ``w' = (s + m)² (+ r)``, one product with
+    ``[V | 1]`` for numerator and denominator together, one division; ``w' = p(s) / a``, so the quotient is
+    unchanged and ``den`` is scaled back by ``a``. Without a mask, or with a key-only mask (whose keys are zeroed
+    in ``[V | 1]``), the ``r`` term is added once per block to the small product, ``r · Σ_j [v_j | 1]``, instead
+    of to every weight; ``m`` rides in the query-key product as an extra column (``[q̃ | m] · [k | 1]``).
+    Returns the ``has_key`` of each block."""
+    m, r = completed_square(coefficients)
+    L, S = qs.shape[-2], k.shape[-2]
+    qa = torch.cat([qs, qs.new_full((*qs.shape[:-1], 1), m)], dim=-1)  # (*, L, d + 1)
+    ka = torch.cat([k, k.new_ones((*k.shape[:-1], 1))], dim=-1).transpose(-1, -2)  # (*, d + 1, S)
+    vp = torch.cat([v, v.new_ones((*v.shape[:-1], 1))], dim=-1)  # (*, S, dv + 1)
+    fold = not causal and (mask is None or mask.dim() < 2 or mask.shape[-2] == 1)
+    if fold:
+        if mask is not None:  # key-only: a masked key's row of [V | 1] is zero, so its weight never counts
+            vp = vp * (mask.unsqueeze(-1) if mask.dim() == 1 else mask.transpose(-1, -2))
+        rc = (vp.sum(-2, keepdim=True) * r) if r != 0 else None  # (*, 1, dv + 1)
+        fold_key = _has_key(mask, mask, S, qs.device)  # the same for every block
+    keys = []
+    for l0, l1 in spans(L, block):
+        e = _key_end(S, l1, causal)
+        w = torch.matmul(qa[..., l0:l1, :], ka[..., :e]).square_()  # (*, block, e): (s + m)²
+        keep = None if fold else _block_keep(mask, l0, l1, e, causal, qs.device)
+        if not fold:
+            if r != 0:
+                w.add_(r)
+            if keep is not None:
+                w.masked_fill_(~keep, 0.0)
+        y = torch.matmul(w, vp[..., :e, :])  # (*, block, dv + 1): [num | den] / a
+        if fold and rc is not None:
+            y.add_(rc)
+        keys.append(fold_key if fold else _has_key(mask, keep, S, qs.device))
+        out[..., l0:l1, :] = divide_rows(y[..., :-1], y[..., -1:], keys[-1])
+        torch.mul(y[..., -1:], coefficients[0], out=den[..., l0:l1, :])
+    return keys
+
+
 class _BlockedDirect(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qs, k, v, mask, coefficients, block, causal):  # noqa: D102
@@ -89,8 +135,11 @@ class _BlockedDirect(torch.autograd.Function):
         L, S = qs.shape[-2], k.shape[-2]
         out = qs.new_empty((*batch, L, v.shape[-1]))
         den = qs.new_empty((*batch, L, 1))
-        keys = []  # has_key of each block
-        for l0, l1 in spans(L, block):
+        if completed_square(coefficients) is not None:
+            keys = _forward_blocks(qs, k, v, mask, coefficients, block, causal, out, den)
+        else:
+            keys = []  # has_key of each block
+        for l0, l1 in spans(L, block) if not keys else ():
             e = _key_end(S, l1, causal)
             keep = _block_keep(mask, l0, l1, e, causal, qs.device)
             _, w = block_weights(qs[..., l0:l1, :], k[..., :e, :], coefficients, keep)
