@@ -124,8 +124,11 @@ def test_direct_forward_completed_square_matches_the_oracle(coefficients, mask_k
     elif mask_kind == "rows":
         mask = torch.rand(2, 1, 40, 40, generator=torch.Generator().manual_seed(1)) > 0.3
         mask[1, 0, 5] = False  # a row without keys: 0 output
-    out = taylor_shift_attention(q, k, v, attn_mask=mask, is_causal=causal, backend="direct",
-                                 coefficients=coefficients, scale=2.0)
-    ref = taylor_shift_attention_reference(q, k, v, attn_mask=mask, is_causal=causal, coefficients=coefficients,
-                                           scale=2.0)
-    assert rel_err(out, ref) < 1e-12
+    grads = []
+    for fn, kw in ((taylor_shift_attention, {"backend": "direct"}), (taylor_shift_attention_reference, {})):
+        qq, kk, vv = (t.clone().requires_grad_(True) for t in (q, k, v))
+        out = fn(qq, kk, vv, attn_mask=mask, is_causal=causal, coefficients=coefficients, scale=2.0, **kw)
+        out.backward(torch.cos(torch.arange(out.numel(), dtype=out.dtype)).view_as(out))
+        grads.append((out.detach(), qq.grad, kk.grad, vv.grad))
+    for mine, ref in zip(*grads, strict=True):  # the output, then dq, dk, dv (the backward's own square)
+        assert rel_err(mine, ref) < 1e-11

@@ -5,6 +5,12 @@ Per block of queries: ``s = q̃ Kᵀ`` ``(*batch, block, S)``, weights ``w = p(s
 ``O(block·S)`` instead of ``O(L·S)``; the backward recomputes ``s`` and ``w`` block by block
 (flash-attention style) and stores only ``q̃, K, V``, the output and the row sums.
 
+Both passes write the polynomial as a completed square, ``p(s) = a ((s + m)² + r)`` with ``m = b / 2a`` and
+``r = c / a − m²`` (:func:`completed_square`): ``s + m`` comes out of one product of ``[q̃ | m]`` and
+``[k | 1]``, a weight is one squaring, and ``p′(s) = 2a (s + m)`` reuses it, so a block makes one elementwise
+pass over its ``block × S`` weights in the forward (five with ``(a s + b) s + c``, a sum and a separate
+division) and four in the backward (eight). Each such pass is a parallel region that a busy machine makes wait.
+
 Causal (``is_causal=True``, top-left aligned: query ``i`` sees keys ``j <= i``): the block of queries
 ``[l0, l1)`` only reads keys ``[0, min(l1, S))``; the key blocks above the diagonal, which are fully
 masked, are never computed (about half the work and memory traffic for ``L = S``). Inside the block the
@@ -165,19 +171,39 @@ class _BlockedDirect(torch.autograd.Function):
         dqs = torch.empty_like(qs) if need_q else None
         dk = torch.zeros_like(k) if need_k else None
         dv = torch.zeros_like(v) if need_v else None
+        square = completed_square(ctx.coefficients)
+        if square is not None:  # p(s) = a ((s + m)² + r), p′(s) = 2a (s + m): s + m from one product
+            m, r = square
+            a = ctx.coefficients[0]
+            qa = torch.cat([qs, qs.new_full((*qs.shape[:-1], 1), m)], dim=-1)
+            ka = torch.cat([k, k.new_ones((*k.shape[:-1], 1))], dim=-1).transpose(-1, -2)
         for l0, l1 in spans(qs.shape[-2], block):
             e = _key_end(S, l1, causal)
             k_b, v_b = k[..., :e, :], v[..., :e, :]
             mask_b = _block_keep(mask, l0, l1, e, causal, qs.device)
             q_b = qs[..., l0:l1, :]
-            s, w = block_weights(q_b, k_b, ctx.coefficients, mask_b)
             g = dout[..., l0:l1, :] * inv[..., l0:l1, :]  # (*batch, block, dv)
-            if need_v:
-                dv[..., :e, :] += w.transpose(-1, -2) @ g
-            # ∂out_i/∂w_ij = (v_j − out_i) / den_i;  ∂w/∂s = 2 a s + b (0 where masked)
-            dw = torch.matmul(g, v_b.transpose(-1, -2), out=w)  # reuse w's buffer
-            dw -= (g * out[..., l0:l1, :]).sum(-1, keepdim=True)
-            ds = derivative(s, ctx.coefficients, inplace=True).mul_(dw)  # p′(s) = 2 a s + b
+            if square is not None:
+                u = torch.matmul(qa[..., l0:l1, :], ka[..., :e])  # s + m
+                w = u.square()  # p(s) / a
+                if r != 0:
+                    w.add_(r)
+                if mask_b is not None:
+                    w.masked_fill_(~mask_b, 0.0)
+                if need_v:
+                    dv[..., :e, :] += w.transpose(-1, -2) @ (g * a)
+                g = g * (2 * a)  # so that ds = (s + m) · dw below
+                dw = torch.matmul(g, v_b.transpose(-1, -2), out=w)  # reuse w's buffer
+                dw -= (g * out[..., l0:l1, :]).sum(-1, keepdim=True)
+                ds = dw.mul_(u)
+            else:
+                s, w = block_weights(q_b, k_b, ctx.coefficients, mask_b)
+                if need_v:
+                    dv[..., :e, :] += w.transpose(-1, -2) @ g
+                # ∂out_i/∂w_ij = (v_j − out_i) / den_i;  ∂w/∂s = 2 a s + b (0 where masked)
+                dw = torch.matmul(g, v_b.transpose(-1, -2), out=w)  # reuse w's buffer
+                dw -= (g * out[..., l0:l1, :]).sum(-1, keepdim=True)
+                ds = derivative(s, ctx.coefficients, inplace=True).mul_(dw)  # p′(s) = 2 a s + b
             if mask_b is not None:
                 ds.masked_fill_(~mask_b, 0.0)
             if need_q:
