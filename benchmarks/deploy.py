@@ -86,6 +86,11 @@ INT8_COLUMNS = (
     "agreement_int8_fp32",
     "fp32_kib",
     "int8_kib",
+    "acc_et_fp32",
+    "acc_et_int8",
+    "et_agreement_int8_fp32",
+    "et_fp32_kib",
+    "et_int8_kib",
 )
 ARCHS = (("taylorshift", "efficient"), ("taylorshift", "direct"), ("softmax", "-"))
 RUNTIMES = ("eager", "ort_fp32", "ort_int8", "executorch")
@@ -392,6 +397,19 @@ class _OnnxAsModule:
         return torch.from_numpy(self.runtime(x, key_padding_mask))
 
 
+class _ExecuTorchAsModule(_OnnxAsModule):
+    """An ExecuTorch program (batch 1) called like the eager classifier, one sequence at a time."""
+
+    def __call__(self, x, key_padding_mask=None):
+        import torch
+
+        if not self.takes_mask:
+            return torch.cat([self.runtime(x[i : i + 1]) for i in range(x.shape[0])])
+        if key_padding_mask is None:
+            key_padding_mask = torch.zeros(x.shape[:2], dtype=torch.bool)
+        return torch.cat([self.runtime(x[i : i + 1], key_padding_mask[i : i + 1]) for i in range(x.shape[0])])
+
+
 def int8_part(args, work: Path) -> list[dict]:
     import torch
 
@@ -428,6 +446,17 @@ def int8_part(args, work: Path) -> list[dict]:
             results[name] = evaluate(
                 m, task.kind, dataset, task.pad_id, torch.device("cpu"), args.batch_size, args.samples
             )
+        et = {}
+        if "executorch" in args.runtimes:  # the same checkpoint through ExecuTorch, float32 and int8 (batch 1)
+            from taylorshift.deploy.executorch import ExecuTorchModel, export_executorch
+
+            one = tuple(t[:1] for t in example)
+            for q in (None, "int8"):
+                pte = export_executorch(model, work / f"ckpt{i}{'.int8' if q else ''}.pte", one, backend="efficient",
+                                        quantize=q)
+                res = evaluate(_ExecuTorchAsModule(ExecuTorchModel(pte), takes_mask), task.kind, dataset,
+                               task.pad_id, torch.device("cpu"), args.batch_size, args.samples)
+                et[q or "fp32"] = (res, pte.stat().st_size / 1024)
         row = {
             "checkpoint": str(ckpt),
             "task": task.name,
@@ -443,11 +472,17 @@ def int8_part(args, work: Path) -> list[dict]:
             "fp32_kib": fp32.stat().st_size / 1024,
             "int8_kib": int8.stat().st_size / 1024,
         }
+        if et:
+            (ef, ef_kib), (ei, ei_kib) = et["fp32"], et["int8"]
+            row.update(acc_et_fp32=ef.accuracy, acc_et_int8=ei.accuracy,
+                       et_agreement_int8_fp32=float((ei.predictions == ef.predictions).float().mean()),
+                       et_fp32_kib=ef_kib, et_int8_kib=ei_kib)
         rows.append(row)
         print(
             f"{task.name:<14} {cfg['attention']:<12} eager {row['acc_eager']:.4f}  ort fp32 "
             f"{row['acc_ort_fp32']:.4f}  int8 {row['acc_ort_int8']:.4f} ({row['int8_minus_fp32']:+.4f}), "
-            f"agreement {row['agreement_int8_fp32']:.4f}, {row['fp32_kib']:.0f} -> {row['int8_kib']:.0f} KiB",
+            f"agreement {row['agreement_int8_fp32']:.4f}, {row['fp32_kib']:.0f} -> {row['int8_kib']:.0f} KiB"
+            + (f"; ExecuTorch fp32 {row['acc_et_fp32']:.4f} int8 {row['acc_et_int8']:.4f}" if et else ""),
             flush=True,
         )
     return rows

@@ -55,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quantize",
         choices=QUANTIZATIONS,
         default=None,
-        help="int8: dynamic quantization of the linear layers' weights and inputs (ONNX Runtime's quantizer); "
-        "the attention stays float32. ONNX only",
+        help="int8: dynamic quantization of the linear layers' weights and inputs (ONNX Runtime's quantizer, or "
+        "XNNPACK's with --format executorch); the attention stays float32",
     )
     parser.add_argument(
         "--graph",
@@ -147,8 +147,8 @@ def _run_executorch(args: argparse.Namespace) -> int:
     from taylorshift.deploy.executorch import export_executorch, export_lm_step_executorch, require_executorch
     from taylorshift.train.checkpoint import load_model
 
-    if args.quantize:
-        raise CLIError("--quantize: int8 is for --format onnx (ONNX Runtime's quantizer); ExecuTorch exports float32")
+    if args.quantize and args.graph == "step":
+        raise CLIError("--quantize: the ExecuTorch step program is exported in float32; quantize forward graphs")
     require_executorch()
     model, _meta = load_model(args.checkpoint)
     out = Path(args.out)
@@ -156,9 +156,10 @@ def _run_executorch(args: argparse.Namespace) -> int:
         export_lm_step_executorch(model, out, batch_size=args.batch_size)
     else:
         example = tuple(t[:1] for t in example_input(model, args.length))  # batch 1: the program's batch is fixed
-        export_executorch(model, out, example, backend=args.backend)
+        export_executorch(model, out, example, backend=args.backend, quantize=args.quantize)
     what = f"{type(model).__name__} ({model.config.attention}), {args.graph} graph"
     if args.graph == "forward" and model.config.attention == "taylorshift":
         what += f", backend {args.backend}"
-    print(f"wrote {out} (+ {out.name}.json): {what}, ExecuTorch/XNNPACK, {out.stat().st_size / 1024:.0f} KiB")
+    kind = "int8 linear layers" if args.quantize else "float32"
+    print(f"wrote {out} (+ {out.name}.json): {what}, ExecuTorch/XNNPACK {kind}, {out.stat().st_size / 1024:.0f} KiB")
     return 0

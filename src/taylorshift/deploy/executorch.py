@@ -1,7 +1,8 @@
 """ExecuTorch with XNNPACK: the second on-device runtime (a ``.pte`` program and a small runner).
 
 * :func:`export_executorch`: a registry model's forward pass, lowered to XNNPACK, with a dynamic sequence axis
-  (classifier, LM) and the backend fixed as for ONNX (:mod:`taylorshift.deploy.graphs`).
+  (classifier, LM) and the backend fixed as for ONNX (:mod:`taylorshift.deploy.graphs`); ``quantize="int8"``
+  applies XNNPACK's dynamic int8 quantization to the linear layers first.
 * :func:`export_lm_step_executorch`: the TaylorShift LM's decoding step (token + state in, logits + state out;
   :class:`taylorshift.deploy.LMStep`).
 * :class:`ExecuTorchModel`: load a ``.pte`` and run it on tensors, checking lengths against what it was
@@ -62,10 +63,24 @@ def metadata_path(path: str | os.PathLike) -> Path:
     return Path(str(path) + ".json")
 
 
-def _lower(module: nn.Module, inputs: tuple[Tensor, ...], shapes, path: Path) -> None:
+def _quantize_int8(module: nn.Module, inputs: tuple[Tensor, ...], shapes) -> nn.Module:
+    """XNNPACK's dynamic int8 quantization of the linear layers (per-channel int8 weights, activations quantized
+    per call), through torchao's PT2E flow; the attention itself stays float32, as with ONNX Runtime."""
+    quantizer = require_executorch("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
+    pt2e = require_executorch("torchao.quantization.pt2e.quantize_pt2e")
+    graph = torch.export.export(module, inputs, dynamic_shapes=shapes).module()
+    config = quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
+    prepared = pt2e.prepare_pt2e(graph, quantizer.XNNPACKQuantizer().set_global(config))
+    prepared(*inputs)  # dynamic quantization: no calibration statistics are kept, one call traces the observers
+    return pt2e.convert_pt2e(prepared)
+
+
+def _lower(module: nn.Module, inputs: tuple[Tensor, ...], shapes, path: Path, quantize: str | None = None) -> None:
     exir = require_executorch("executorch.exir")
     xnnpack = require_executorch("executorch.backends.xnnpack.partition.xnnpack_partitioner")
     with torch.no_grad(), quiet_exporter():
+        if quantize == "int8":
+            module = _quantize_int8(module, inputs, shapes)
         program = torch.export.export(module, inputs, dynamic_shapes=shapes)
         edge = exir.to_edge_transform_and_lower(program, partitioner=[xnnpack.XnnpackPartitioner()])
         buffer = edge.to_executorch().buffer
@@ -88,6 +103,7 @@ def export_executorch(
     *,
     backend: Literal["efficient", "direct"] = "efficient",
     max_len: int | None = None,
+    quantize: Literal["int8"] | None = None,
 ) -> Path:
     """Export a registry model's forward pass to an ExecuTorch program (XNNPACK) with a dynamic sequence axis.
 
@@ -100,6 +116,8 @@ def export_executorch(
         backend: ``"efficient"`` or ``"direct"`` (see :mod:`taylorshift.deploy.graphs`).
         max_len: longest length the program takes, ``N … model max_len``; the memory plan is sized for it
             (default: the model's ``max_len``).
+        quantize: None (float32) or ``"int8"``: XNNPACK's dynamic int8 quantization of the linear layers
+            (per-channel weights; the attention stays float32).
 
     Returns:
         ``Path(path)``.
@@ -107,9 +125,11 @@ def export_executorch(
     Raises:
         ImportError: ExecuTorch missing (the ``executorch`` extra).
         TypeError: not a registry model, or ``example_input`` not tensors.
-        ValueError: unknown backend, a bad ``max_len``, an example longer than it or shorter than 2.
+        ValueError: unknown backend or quantization, a bad ``max_len``, an example longer than it or shorter than 2.
     """
     require_executorch()
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
     inputs = _as_tuple(example_input)
     spec = graph_spec(model, len(inputs))
     if max_len is not None:
@@ -121,9 +141,9 @@ def export_executorch(
     model = with_backend(model, backend)
     shapes = dynamic_shapes(spec, inputs, batch=False)
     path = Path(path)
-    _lower(model, inputs, shapes, path)
+    _lower(model, inputs, shapes, path, quantize)
     _write_metadata(path, {
-        "graph": "forward", "family": spec.family,
+        "graph": "forward", "family": spec.family, "quantized": quantize,
         "backend": backend if attention_kind(model) == "taylorshift" else None,
         "attention": attention_kind(model), "max_len": spec.max_len, "inputs": list(spec.input_names),
         "batch_size": int(inputs[0].shape[0]), "example_shape": list(inputs[0].shape), "runtime": "executorch-xnnpack",
