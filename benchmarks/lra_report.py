@@ -399,7 +399,31 @@ def task_data_stats(task: str, data_options: dict, test_count: int | None = None
             "majority_rate": round(majority_rate(test), 3)}
 
 
-def build_summary(records: list[dict], recipes: dict, previous: dict | None = None, stats=task_data_stats) -> dict:
+def ngram_bits_per_byte(train, test) -> dict:
+    """Cross-entropy in bits per byte of ``test`` (``uint8`` array) under byte n-gram models counted on
+    ``train``: ``unigram`` (add-one smoothing) and ``bigram`` (the previous byte; smoothed towards the unigram
+    with a prior of one count). The references an LM must beat to have used more than byte statistics."""
+    import numpy as np
+
+    train, test = np.asarray(train, dtype=np.int64), np.asarray(test, dtype=np.int64)
+    uni = (np.bincount(train, minlength=256) + 1.0) / (len(train) + 256.0)
+    pairs = np.bincount(train[:-1] * 256 + train[1:], minlength=256 * 256).reshape(256, 256).astype(np.float64)
+    bi = (pairs + uni[None, :]) / (pairs.sum(1, keepdims=True) + 1.0)
+    return {"unigram": round(float(-np.log2(uni[test]).mean()), 4),
+            "bigram": round(float(-np.log2(bi[test[:-1], test[1:]]).mean()), 4)}
+
+
+def lm_baselines(options: dict) -> dict:
+    """:func:`ngram_bits_per_byte` of the fortunes corpus's train → test split (the LM's split)."""
+    from taylorshift.data import get_task
+
+    task = get_task("fortunes-lm")
+    opts = {k: v for k, v in options.items() if k != "seq_len"}
+    return ngram_bits_per_byte(task.dataset("train", **opts).stream, task.dataset("test", **opts).stream)
+
+
+def build_summary(records: list[dict], recipes: dict, previous: dict | None = None, stats=task_data_stats,
+                  lm_stats=lm_baselines) -> dict:
     """Issue #11's summary from the matched records: ``{"tasks": [{"name", "stands_in_for", "train_size",
     "test_size", "majority_rate", "runs": [{"attention", "seed", "steps", "test_accuracy"}]}], "lm": [...],
     "protocol": {...}}`` (accuracies in %). A task's data sizes and majority rate are read from its prepared
@@ -409,8 +433,15 @@ def build_summary(records: list[dict], recipes: dict, previous: dict | None = No
     for task in sorted({r["task"] for r in records if r["protocol"] == "matched"}):
         matched = [r for r in records if r["protocol"] == "matched" and r["task"] == task]
         if task == "fortunes-lm":
-            lm.append({"name": task, "runs": [{k: r[k] for k in ("attention", "seed", "steps", "test_bits_per_byte")}
-                                              for r in matched]})
+            entry = {"name": task, "runs": [{k: r[k] for k in ("attention", "seed", "steps", "test_bits_per_byte")}
+                                            for r in matched]}
+            try:
+                entry["baselines"] = lm_stats(matched[0].get("data_options", {}))
+            except (FileNotFoundError, OSError):
+                old = next((e for e in (previous or {}).get("lm", []) if e["name"] == task), {})
+                if "baselines" in old:
+                    entry["baselines"] = old["baselines"]
+            lm.append(entry)
             continue
         try:
             data = stats(task, matched[0]["data_options"], matched[0]["test_count"])
@@ -609,6 +640,18 @@ def _lm_section(lm: list) -> list[str]:
                   f"| {t['name']} (`fortunes_lm`, 512-byte context) | {steps:,} | {ma:.3f} ± {sa:.3f} | "
                   f"{mb:.3f} ± {sb:.3f} | {d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] | {v} |", "",
                   "Verdict margin: 0.05 bits per byte; *better* means TaylorShift's bits per byte are lower.", ""]
+        base = t.get("baselines")
+        if base:
+            best = min(ma, mb)
+            where = ("above the unigram reference: neither model has learned more than byte frequencies"
+                     if best >= base["unigram"] else
+                     "between the unigram and bigram references: the models have learned little beyond byte "
+                     "statistics, so this comparison says little about the attention" if best >= base["bigram"] else
+                     f"{base['bigram'] - best:.3f} bits/byte below the bigram reference (what the context beyond "
+                     "the previous byte has added so far)")
+            lines += [f"References on the same test bytes (counted on the training split): unigram "
+                      f"{base['unigram']:.3f} bits/byte, bigram {base['bigram']:.3f}. The better model's "
+                      f"{best:.3f} lies {where}.", ""]
     return lines
 
 

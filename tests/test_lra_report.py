@@ -121,13 +121,18 @@ def test_summary_takes_data_sizes_from_data_or_from_the_committed_summary():
             raise FileNotFoundError("b not prepared")
         return {"train_size": 7, "test_size": test_count, "majority_rate": 12.5}
 
-    previous = {"tasks": [{"name": "b", "train_size": 70, "test_size": 20, "majority_rate": 50.0}]}
-    summary = lra_report.build_summary(records, recipes, previous, stats=stats)
+    def lm_stats(options):
+        raise FileNotFoundError("no fortunes here")
+
+    previous = {"tasks": [{"name": "b", "train_size": 70, "test_size": 20, "majority_rate": 50.0}],
+                "lm": [{"name": "fortunes-lm", "baselines": {"unigram": 4.8, "bigram": 3.8}}]}
+    summary = lra_report.build_summary(records, recipes, previous, stats=stats, lm_stats=lm_stats)
     tasks = {t["name"]: t for t in summary["tasks"]}
     assert (tasks["a"]["train_size"], tasks["a"]["test_size"], tasks["a"]["majority_rate"]) == (7, 10, 12.5)
     assert (tasks["b"]["train_size"], tasks["b"]["majority_rate"]) == (70, 50.0)
     assert summary["lm"] == [{"name": "fortunes-lm", "runs": [{"attention": "softmax", "seed": 0, "steps": 100,
-                                                               "test_bits_per_byte": 1.0}]}]
+                                                               "test_bits_per_byte": 1.0}],
+                              "baselines": {"unigram": 4.8, "bigram": 3.8}}]  # from the committed summary
     with pytest.raises(SystemExit, match="not prepared"):
         lra_report.build_summary(records, recipes, {}, stats=stats)
 
@@ -167,3 +172,21 @@ def test_sweep_names_the_best_recipe_on_validation_from_the_runs():
     text = lra_report.render_protocol_report(summary, records, META)
     assert "- t: best on validation `r` (25.0 %, mean of the two attentions); the matched protocol's `paper`: " \
            "21.0 %." in text
+
+
+def test_ngram_references_and_where_the_lm_lies():
+    """The n-gram references are cross-entropies in bits per byte, and the LM section places the models
+    against them from the numbers (not from prose)."""
+    import numpy as np
+
+    stream = np.frombuffer(b"abababababababab" * 5000, dtype=np.uint8)
+    ref = lra_report.ngram_bits_per_byte(stream, stream)
+    assert 0.9 < ref["unigram"] < 1.1  # two equally frequent bytes: ~1 bit
+    assert ref["bigram"] < 0.1  # fully predictable from the previous byte
+    lm = [{"name": "lm", "baselines": {"unigram": 4.0, "bigram": 3.3},
+           "runs": [{"attention": a, "seed": s, "steps": 400, "test_bits_per_byte": 3.7 + 0.01 * s}
+                    for a in ("taylorshift", "softmax") for s in range(3)]}]
+    text = "\n".join(lra_report._lm_section(lm))
+    assert "unigram 4.000 bits/byte, bigram 3.300" in text and "between the unigram and bigram" in text
+    lm[0]["baselines"] = {"unigram": 4.0, "bigram": 3.9}
+    assert "0.190 bits/byte below the bigram reference" in "\n".join(lra_report._lm_section(lm))
