@@ -633,7 +633,7 @@ def _lm_section(lm: list) -> list[str]:
         a, b = [by[("taylorshift", s)] for s in seeds], [by[("softmax", s)] for s in seeds]
         (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
         d = paired_difference(a, b)
-        v = verdict(paired_difference(b, a), margin=0.05)  # softmax − TaylorShift: positive = TaylorShift lower
+        v = verdict(paired_difference(b, a), margin=0.05, units="bits/byte")  # softmax − TS: positive = TS lower
         steps = t["runs"][0]["steps"]
         lines += ["| model | steps | TaylorShift | softmax | TS − softmax [95 % CI] | verdict |",
                   "|---|---:|---:|---:|---:|---|",

@@ -78,3 +78,11 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="margin"):
         verdict(paired_difference([1.0, 2.0], [1.0, 1.0]), margin=0)
     assert t975(2) == 4.303 and t975(100) == 1.96
+
+
+def test_verdict_names_the_units_of_its_margin():
+    from taylorshift.analysis.accuracy import paired_difference, verdict
+
+    d = paired_difference([3.70, 3.71, 3.72], [3.70, 3.70, 3.71])
+    assert verdict(d, margin=0.05, units="bits/byte") == "within 0.05 bits/byte"
+    assert verdict(paired_difference([50.0, 50.2, 50.1], [50.1, 50.0, 50.0])) == "within 1 point"

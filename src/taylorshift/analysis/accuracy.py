@@ -67,8 +67,8 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> PairedDifferenc
     return PairedDifference(m, s, m - half, m + half, len(diffs))
 
 
-def verdict(diff: PairedDifference, margin: float = 1.0) -> str:
-    """What the interval supports, in the units of the metric (points of accuracy):
+def verdict(diff: PairedDifference, margin: float = 1.0, units: str = "points") -> str:
+    """What the interval supports, in the units of the metric (``units``: points of accuracy by default):
 
     - ``"within 1 point"`` when the whole interval lies inside ``[-margin, margin]``;
     - ``"better"`` / ``"worse"`` when it lies entirely above / below 0 (and is not within the margin);
@@ -77,7 +77,7 @@ def verdict(diff: PairedDifference, margin: float = 1.0) -> str:
     if not margin > 0:
         raise ValueError(f"margin must be positive, got {margin!r}")
     if -margin <= diff.low and diff.high <= margin:
-        return "within 1 point" if margin == 1.0 else f"within {margin:g} points"
+        return "within 1 point" if margin == 1.0 and units == "points" else f"within {margin:g} {units}"
     if diff.low > 0:
         return "better"
     if diff.high < 0:
