@@ -682,7 +682,10 @@ def _sweep_section(sweep: list, proto: dict) -> list[str]:
             lines.append(f"| {task} | {a} | " + " | ".join(cells) + " |")
         both = {n: (val["taylorshift", n] + val["softmax", n]) / 2 for n in names
                 if ("taylorshift", n) in val and ("softmax", n) in val}
-        if both:
+        if both and max(both.values()) - min(both.values()) < 0.05:
+            choice.append(f"- {task}: no recipe separates from the others on validation (all "
+                          f"{max(both.values()):.1f} %, mean of the two attentions).")
+        elif both:
             best = max(both, key=both.get)
             chosen = proto.get("chosen_recipe")
             note = (f"`{best}` ({both[best]:.1f} %, mean of the two attentions)"
