@@ -247,7 +247,8 @@ def matmul_flops(
 ) -> int:
     """Matmul FLOPs of this library's implementation of one head (what ``FlopCounterMode`` counts).
 
-    * softmax and direct: ``QKᵀ`` and ``PV``: ``2LS·d + 2LS·dv``.
+    * softmax: ``QKᵀ`` and ``PV``: ``2LS·d + 2LS·dv``. Direct (the completed square,
+      :mod:`taylorshift.ops.direct`): ``[Q̃ | m][K | 1]ᵀ`` and ``W [V | 1]``: ``2LS·(d + 1) + 2LS·(dv + 1)``.
     * efficient: one feature map ``φ(x) = [second-order, x, 1]`` of length ``F`` (:func:`num_features`),
       the state ``φ(K)ᵀV'`` and the readout ``φ(Q̃)·state``: ``2S·F·(dv+1) + 2L·F·(dv+1)``. The constant
       feature makes this ``2(L+S)(dv+1)`` more than the paper's matmul terms. The library runs the
@@ -285,7 +286,10 @@ def matmul_flops(
     if backend == "efficient":
         return factor * 2 * (S + L) * F * (dv + 1)
     recompute = 2 * L * S * d if (backend == "direct" and mode == "train") else 0
-    return factor * 2 * L * S * (d + dv) + recompute
+    # direct: the extra column of [Q̃ | m]·[K | 1] and of [V | 1] in the forward; in training also the backward's
+    # recomputed [Q̃ | m]·[K | 1] column
+    columns = (4 if mode == "forward" else 6) * L * S if backend == "direct" else 0
+    return factor * 2 * L * S * (d + dv) + recompute + columns
 
 
 def flops_direct(L: int, S: int, d: int, dv: int | None = None) -> int:
