@@ -34,6 +34,7 @@ from taylorshift.ops.common import (
     rows_with_keys,
     spans,
 )
+from taylorshift.ops.efficient import augment_values
 from taylorshift.ops.inputs import AttentionInputs
 from taylorshift.ops.polynomial import derivative, evaluate
 
@@ -97,6 +98,13 @@ def completed_square(coefficients) -> tuple[float, float] | None:
     return (m, r) if abs(m) <= 1e3 and abs(r) <= 1e6 else None
 
 
+def _shifted_pair(qs: Tensor, k: Tensor, m: float) -> tuple[Tensor, Tensor]:
+    """``[q̃ | m]`` ``(*, L, d + 1)`` and ``[k | 1]ᵀ`` ``(*, d + 1, S)``: their product is ``s + m``."""
+    qa = torch.cat([qs, qs.new_full((*qs.shape[:-1], 1), m)], dim=-1)
+    ka = torch.cat([k, k.new_ones((*k.shape[:-1], 1))], dim=-1).transpose(-1, -2)
+    return qa, ka
+
+
 def _forward_blocks(qs, k, v, mask, coefficients, block, causal, out, den) -> list:
     """The blocked forward with the completed square: per block ``w' = (s + m)² (+ r)``, one product with
     ``[V | 1]`` for numerator and denominator together, one division; ``w' = p(s) / a``, so the quotient is
@@ -106,13 +114,11 @@ def _forward_blocks(qs, k, v, mask, coefficients, block, causal, out, den) -> li
     Returns the ``has_key`` of each block."""
     m, r = completed_square(coefficients)
     L, S = qs.shape[-2], k.shape[-2]
-    qa = torch.cat([qs, qs.new_full((*qs.shape[:-1], 1), m)], dim=-1)  # (*, L, d + 1)
-    ka = torch.cat([k, k.new_ones((*k.shape[:-1], 1))], dim=-1).transpose(-1, -2)  # (*, d + 1, S)
-    vp = torch.cat([v, v.new_ones((*v.shape[:-1], 1))], dim=-1)  # (*, S, dv + 1)
+    qa, ka = _shifted_pair(qs, k, m)
     fold = not causal and (mask is None or mask.dim() < 2 or mask.shape[-2] == 1)
+    # key-only masks fold into [V | 1]: a masked key's row is zero, so its weight never counts
+    vp = augment_values(v, mask if fold else None, 1)  # (*, S, dv + 1)
     if fold:
-        if mask is not None:  # key-only: a masked key's row of [V | 1] is zero, so its weight never counts
-            vp = vp * (mask.unsqueeze(-1) if mask.dim() == 1 else mask.transpose(-1, -2))
         rc = (vp.sum(-2, keepdim=True) * r) if r != 0 else None  # (*, 1, dv + 1)
         fold_key = _has_key(mask, mask, S, qs.device)  # the same for every block
     keys = []
@@ -143,15 +149,15 @@ class _BlockedDirect(torch.autograd.Function):
         den = qs.new_empty((*batch, L, 1))
         if completed_square(coefficients) is not None:
             keys = _forward_blocks(qs, k, v, mask, coefficients, block, causal, out, den)
-        else:
+        else:  # extreme coefficients: p(s) evaluated as (a s + b) s + c
             keys = []  # has_key of each block
-        for l0, l1 in spans(L, block) if not keys else ():
-            e = _key_end(S, l1, causal)
-            keep = _block_keep(mask, l0, l1, e, causal, qs.device)
-            _, w = block_weights(qs[..., l0:l1, :], k[..., :e, :], coefficients, keep)
-            torch.sum(w, dim=-1, keepdim=True, out=den[..., l0:l1, :])
-            keys.append(_has_key(mask, keep, S, qs.device))
-            out[..., l0:l1, :] = divide_rows(w @ v[..., :e, :], den[..., l0:l1, :], keys[-1])
+            for l0, l1 in spans(L, block):
+                e = _key_end(S, l1, causal)
+                keep = _block_keep(mask, l0, l1, e, causal, qs.device)
+                _, w = block_weights(qs[..., l0:l1, :], k[..., :e, :], coefficients, keep)
+                torch.sum(w, dim=-1, keepdim=True, out=den[..., l0:l1, :])
+                keys.append(_has_key(mask, keep, S, qs.device))
+                out[..., l0:l1, :] = divide_rows(w @ v[..., :e, :], den[..., l0:l1, :], keys[-1])
         # one answer for all rows (no mask, or a key mask without causality), or one per row
         has_key = keys[0] if keys else None
         if has_key is not None and has_key.shape[-2] != 1:
@@ -175,8 +181,7 @@ class _BlockedDirect(torch.autograd.Function):
         if square is not None:  # p(s) = a ((s + m)² + r), p′(s) = 2a (s + m): s + m from one product
             m, r = square
             a = ctx.coefficients[0]
-            qa = torch.cat([qs, qs.new_full((*qs.shape[:-1], 1), m)], dim=-1)
-            ka = torch.cat([k, k.new_ones((*k.shape[:-1], 1))], dim=-1).transpose(-1, -2)
+            qa, ka = _shifted_pair(qs, k, m)
         for l0, l1 in spans(qs.shape[-2], block):
             e = _key_end(S, l1, causal)
             k_b, v_b = k[..., :e, :], v[..., :e, :]
