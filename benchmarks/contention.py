@@ -13,11 +13,16 @@ Two parts, both at ``B = 1, H = 8`` (fp32 unless ``--dtype``):
    their ratio (the fair share of two processes on the same cores is 2×).
 
     python benchmarks/contention.py [--n 16384] [--dims 16 32 64] [--backends efficient direct sdpa]
-        [--repeats 5] [--threads 0] [--count] [--omp-wait-policy passive] [--json out.json] [--markdown out.md]
+        [--repeats 5] [--threads 0] [--count] [--omp-wait-policy inherit passive] [--rounds 3]
+        [--env GOMP_SPINCOUNT=10000] [--chunk-size 1024] [--json out.json] [--markdown out.md]
 
 ``--threads 0`` keeps torch's default (all cores). ``--omp-wait-policy`` sets ``OMP_WAIT_POLICY`` in the timed
 processes (``passive``: threads waiting at a barrier sleep instead of spinning, which leaves the core to the
-competing process); the library cannot change it after torch is loaded.
+competing process); the library cannot change it after torch is loaded. Given several policies, each round
+measures all of them back to back, so a machine whose speed drifts (shared hosts do) affects them alike;
+``--rounds`` repeats that and the medians are reported. ``--env`` sets further variables of the timed processes
+(``GOMP_SPINCOUNT``: how long libgomp's threads spin before they sleep), ``--chunk-size`` the efficient
+kernel's rows per chunk.
 """
 
 from __future__ import annotations
@@ -142,10 +147,16 @@ def count_launches(backend: str, n: int, d: int, dtype: torch.dtype) -> dict:
     return row
 
 
-def worker(backend: str, n: int, d: int, dtype: str, repeats: int, threads: int, start_at: float) -> None:
-    """Time ``repeats`` forward calls after a warm-up, starting at ``start_at`` (wall clock); print JSON."""
+def worker(backend: str, n: int, d: int, dtype: str, repeats: int, threads: int, start_at: float,
+           chunk_rows: int = 0) -> None:
+    """Time ``repeats`` forward calls after a warm-up, starting at ``start_at`` (wall clock); print JSON.
+    ``chunk_rows`` > 0 replaces the efficient kernel's default chunk size (rows per chunk)."""
     if threads:
         torch.set_num_threads(threads)
+    if chunk_rows:
+        import taylorshift.ops.efficient as eff
+
+        eff.default_chunk_size = lambda batch, F: chunk_rows
     fn, (q, k, v) = attention(backend), inputs(n, d, DTYPES[dtype])
     with torch.inference_mode():
         fn(q, k, v)
@@ -172,6 +183,7 @@ def _run(args, backend: str, d: int, copies: int, env: dict) -> list[float]:
         str(args.repeats),
         str(args.threads),
         repr(start_at),
+        str(getattr(args, "chunk_size", None) or 0),
     ]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) for _ in range(copies)]
     out = []
@@ -183,37 +195,64 @@ def _run(args, backend: str, d: int, copies: int, env: dict) -> list[float]:
     return out
 
 
+def _policies(args) -> list[str | None]:
+    """The wait policies to compare: ``None`` = inherited (``args.omp_wait_policy`` may be None, one name or a
+    list; ``"inherit"`` in a list is None)."""
+    pol = getattr(args, "omp_wait_policy", None)
+    pol = [pol] if pol is None or isinstance(pol, str) else list(pol)
+    return [None if x in (None, "inherit") else x for x in pol]
+
+
 def slowdown_table(args) -> list[dict]:
-    env = dict(os.environ)
-    if args.omp_wait_policy:
-        env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
+    """One row per ``(d, backend, wait policy)``: the median over ``args.rounds`` rounds of the call alone and of
+    the mean of two concurrent processes, and their ratio. Within a round the policies run back to back, so
+    that drift of the machine's speed between rounds affects them alike."""
+    base = dict(os.environ)
+    for item in getattr(args, "env", None) or []:
+        key, _, value = item.partition("=")
+        base[key] = value
+    policies, rounds = _policies(args), max(1, getattr(args, "rounds", 1) or 1)
     rows = []
     for d in args.dims:
         for backend in args.backends:
-            alone = _run(args, backend, d, 1, env)[0]
-            together = _run(args, backend, d, 2, env)
-            rows.append(
-                {
-                    "backend": backend,
-                    "d": d,
-                    "n": args.n,
-                    "alone_ms": alone * 1e3,
-                    "concurrent_ms": [t * 1e3 for t in together],
-                    "slowdown": statistics.mean(together) / alone,
-                }
-            )
-            print(
-                f"d={d} {backend}: alone {alone * 1e3:.1f} ms, two processes "
-                f"{' / '.join(f'{t * 1e3:.1f}' for t in together)} ms, slowdown {rows[-1]['slowdown']:.2f}x",
-                flush=True,
-            )
+            samples = {p: ([], []) for p in policies}
+            for _ in range(rounds):
+                for pol in policies:
+                    env = dict(base)
+                    if pol:
+                        env["OMP_WAIT_POLICY"] = pol.upper()
+                    samples[pol][0].append(_run(args, backend, d, 1, env)[0])
+                    samples[pol][1].append(_run(args, backend, d, 2, env))
+            for pol in policies:
+                alone_runs, pairs = samples[pol]
+                alone = statistics.median(alone_runs)
+                together = [statistics.median(p[i] for p in pairs) for i in range(2)]
+                rows.append(
+                    {
+                        "backend": backend,
+                        "d": d,
+                        "n": args.n,
+                        "omp_wait_policy": pol or "inherited",
+                        "alone_ms": alone * 1e3,
+                        "concurrent_ms": [t * 1e3 for t in together],
+                        "slowdown": statistics.median(statistics.mean(p) / a for p, a in zip(pairs, alone_runs)),
+                        "rounds": [{"alone_ms": a * 1e3, "concurrent_ms": [t * 1e3 for t in p]}
+                                   for a, p in zip(alone_runs, pairs)],
+                    }
+                )
+                print(
+                    f"d={d} {backend} ({pol or 'inherited'} wait): alone {alone * 1e3:.1f} ms, two processes "
+                    f"{' / '.join(f'{t * 1e3:.1f}' for t in together)} ms, slowdown {rows[-1]['slowdown']:.2f}x",
+                    flush=True,
+                )
     return rows
 
 
 def markdown(meta: dict, counts: list[dict], rows: list[dict]) -> str:
     lines = [
         f"Machine: {meta['cpu']}; torch {meta['torch']}; threads {meta['threads']}; dtype {meta['dtype']}; "
-        f"N = {meta['n']}, B = {B}, H = {H}; OMP_WAIT_POLICY = {meta['omp_wait_policy'] or 'unset'}; "
+        f"N = {meta['n']}, B = {B}, H = {H}; OMP_WAIT_POLICY = {meta['omp_wait_policy'] or 'inherited'}; "
+        f"extra environment {' '.join(meta.get('env') or []) or 'none'}; rounds {meta.get('rounds', 1)}; "
         f"load before the run {meta['load']}.",
         "",
     ]
@@ -228,10 +267,11 @@ def markdown(meta: dict, counts: list[dict], rows: list[dict]) -> str:
             lines.append(f"| {c['backend']} | {c['d']} | {c['launches']} | {size} | {num} |")
         lines.append("")
     if rows:
-        lines += ["| backend | d | alone (ms) | two processes (ms) | slowdown |", "|---|---:|---:|---:|---:|"]
+        lines += ["| backend | d | wait policy | alone (ms) | two processes (ms) | slowdown |",
+                  "|---|---:|---|---:|---:|---:|"]
         for r in rows:
             lines.append(
-                f"| {r['backend']} | {r['d']} | {r['alone_ms']:.1f} | "
+                f"| {r['backend']} | {r['d']} | {r.get('omp_wait_policy', 'inherited')} | {r['alone_ms']:.1f} | "
                 f"{' / '.join(f'{t:.1f}' for t in r['concurrent_ms'])} | {r['slowdown']:.2f}× |"
             )
     return "\n".join(lines) + "\n"
@@ -239,8 +279,8 @@ def markdown(meta: dict, counts: list[dict], rows: list[dict]) -> str:
 
 def main(argv=None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        b, n, d, dtype, reps, threads, start = sys.argv[2:9]
-        worker(b, int(n), int(d), dtype, int(reps), int(threads), float(start))
+        b, n, d, dtype, reps, threads, start, chunk = sys.argv[2:10]
+        worker(b, int(n), int(d), dtype, int(reps), int(threads), float(start), int(chunk))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=16384, help="sequence length N (L = S)")
@@ -253,15 +293,28 @@ def main(argv=None) -> None:
     p.add_argument("--count-only", action="store_true", help="only count, no timing")
     p.add_argument(
         "--omp-wait-policy",
-        choices=["active", "passive"],
+        choices=["inherit", "active", "passive"],
+        nargs="+",
         default=None,
-        help="OMP_WAIT_POLICY for the timed processes (default: inherited)",
+        help="OMP_WAIT_POLICY for the timed processes (default: inherited); several are compared side by side, "
+        "interleaved within each round",
     )
+    p.add_argument("--rounds", type=int, default=1,
+                   help="alone / two-process measurements per case (medians are reported; rounds interleave the "
+                   "wait policies)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment of the timed processes, e.g. GOMP_SPINCOUNT=10000 (repeatable)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="efficient backend: rows per chunk instead of the library default (to measure the trade-off "
+                   "between launches and cache)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--markdown", help="write the tables here")
     args = p.parse_args(argv)
-    if args.repeats < 1 or args.n < 1:
-        p.error("--repeats and --n must be positive")
+    bad = [e for e in args.env if "=" not in e or not e.partition("=")[0]]
+    if bad:
+        p.error(f"--env takes KEY=VALUE, got {bad}")
+    if args.repeats < 1 or args.n < 1 or args.rounds < 1:
+        p.error("--repeats, --rounds and --n must be positive")
     meta = {
         "cpu": cpu_model(),
         "machine": platform.machine(),
@@ -271,6 +324,9 @@ def main(argv=None) -> None:
         "dtype": args.dtype,
         "load": load_average(),
         "omp_wait_policy": args.omp_wait_policy,
+        "chunk_size": args.chunk_size,
+        "rounds": args.rounds,
+        "env": args.env,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     counts = []

@@ -585,7 +585,9 @@ def _probes_section(folder: Path) -> list[str]:
         return []
     lines = ["## Probes of tasks that did not learn on this machine", "",
              "Single runs kept as evidence (`docs/results/probes/`), not compared: validation accuracy at the last "
-             "evaluation and the best one; chance is 50 % on the binary tasks.", "",
+             "evaluation and the best one; chance is 50 % on the binary tasks. Probes of models without attention (an "
+             "MLP) are references for what the data allow in as many steps; `docs/pathfinder.md` discusses the "
+             "Pathfinder probes.", "",
              "| probe | what ran | last evaluated step | val accuracy (last / best) |", "|---|---|---:|---:|"]
     lines += [f"| {p['name']} | {p['about']} | {p['steps']:,} | {p['last']:.1f} / {p['best']:.1f} |" for p in probes]
     return lines + [""]

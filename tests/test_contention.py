@@ -48,6 +48,10 @@ def test_contention_script_runs_tiny(tmp_path):
         "--threads",
         "1",
         "--count",
+        "--env",
+        "GOMP_SPINCOUNT=1000",
+        "--chunk-size",
+        "16",
         "--json",
         str(out),
     ]
@@ -55,7 +59,25 @@ def test_contention_script_runs_tiny(tmp_path):
     data = json.loads(out.read_text())
     assert {r["backend"] for r in data["rows"]} == {"efficient", "sdpa"}
     assert all(r["slowdown"] > 0 and len(r["concurrent_ms"]) == 2 for r in data["rows"])
+    assert all(r["omp_wait_policy"] == "inherited" and len(r["rounds"]) == 1 for r in data["rows"])
     assert data["counts"] and data["meta"]["n"] == 64
+    assert data["meta"]["env"] == ["GOMP_SPINCOUNT=1000"] and data["meta"]["chunk_size"] == 16
+
+
+def test_contention_script_compares_wait_policies(tmp_path):
+    """Two wait policies side by side: one row each, with their own alone and concurrent timings."""
+    out, md = tmp_path / "c.json", tmp_path / "c.md"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "contention.py"), "--n", "64", "--dims", "4", "--backends",
+           "efficient", "--repeats", "1", "--threads", "1", "--omp-wait-policy", "inherit", "passive",
+           "--json", str(out), "--markdown", str(md)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["omp_wait_policy"] for r in rows] == ["inherited", "passive"]
+    assert all(r["alone_ms"] > 0 and r["slowdown"] > 0 for r in rows)
+    assert "| efficient | 4 | passive |" in md.read_text()
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "contention.py"), "--env", "NOVALUE"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--env takes KEY=VALUE" in bad.stderr
 
 
 @pytest.mark.slow

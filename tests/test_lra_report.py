@@ -190,3 +190,22 @@ def test_ngram_references_and_where_the_lm_lies():
     assert "unigram 4.000 bits/byte, bigram 3.300" in text and "between the unigram and bigram" in text
     lm[0]["baselines"] = {"unigram": 4.0, "bigram": 3.9}
     assert "0.190 bits/byte below the bigram reference" in "\n".join(lra_report._lm_section(lm))
+
+
+def test_pathfinder_probe_writes_a_probe_file_the_report_reads(tmp_path):
+    """benchmarks/pathfinder_probe.py on a tiny variant: the MLP and the patch-token classifier both write a
+    probe file with one validation row per evaluation, which read_probe accepts."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "pathfinder_probe.py"
+    for model, extra in (("mlp", []), ("taylorshift", ["--patch", "2", "--set", "depth=1"])):
+        subprocess.run([sys.executable, str(script), "--contour-length", "2", "--train-size", "64", "--steps", "4",
+                        "--eval-every", "2", "--model", model, "--name", f"p_{model}", "--out", str(tmp_path),
+                        *extra], check=True, capture_output=True, timeout=300)
+        p = lra_report.read_probe(tmp_path / f"p_{model}.csv")
+        assert p["steps"] == 4 and 0 <= p["last"] <= 100 and f"model {model}" in p["about"]
+        rows = (tmp_path / f"p_{model}.csv").read_text().splitlines()
+        assert rows[1] == "step,split,loss,accuracy" and [r.split(",")[0] for r in rows[2:]] == ["2", "4"]
+    bad = subprocess.run([sys.executable, str(script), "--patch", "3", "--name", "x", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "must divide" in bad.stderr

@@ -331,6 +331,25 @@ def test_positional_encoding_module():
     assert model.pos.pe.shape == (40, 32) and not any(p is model.pos.pe for p in model.parameters())
 
 
+def test_grid_positions_encode_row_and_column():
+    from taylorshift.nn.embeddings import grid_sinusoidal_encoding
+
+    W, length, dim = 5, 23, 10  # a 5-wide image with a partial last row
+    pe = grid_sinusoidal_encoding(length, dim, W)
+    assert pe.shape == (length, dim) and pe.dtype == torch.float64
+    rows, cols = sinusoidal_encoding(5, 5), sinusoidal_encoding(W, 5)
+    for p in range(length):
+        assert torch.equal(pe[p, :5], rows[p // W]) and torch.equal(pe[p, 5:], cols[p % W]), p
+    enc = SinusoidalPositionalEncoding(dim, length, grid_width=W)
+    assert torch.equal(enc.pe, pe.float()) and "grid_width=5" in repr(enc)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="grid_width"):
+            SinusoidalPositionalEncoding(dim, length, grid_width=bad)
+    model = _tiny("pathfinder_cpu", max_len=16, pos_grid_width=4)
+    assert torch.equal(model.pos.pe, grid_sinusoidal_encoding(16, 32, 4).float())
+    assert model(torch.randint(0, 256, (2, 16))).shape == (2, 2)
+
+
 def test_token_embedding_is_a_linear_layer_on_one_hot():
     emb = TokenEmbedding(5, 3).double()
     ids = torch.tensor([[0, 4, 2]])

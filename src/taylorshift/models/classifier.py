@@ -39,6 +39,8 @@ class SequenceClassifierConfig:
         layer_scale_init: initial LayerScale value; ``None`` disables LayerScale.
         embed_std: std of the token embedding's initial weights (``embed="linear"`` only; the paper's 0.02).
             Sinusoidal positions have unit-size entries, so with 0.02 the tokens start nearly invisible.
+        pos_grid_width: if set, the inputs are row-major images this wide and the positions are 2-D
+            (:func:`taylorshift.nn.embeddings.grid_sinusoidal_encoding`); ``None``: 1-D positions (the paper).
         temperature_init: initial TaylorShift temperature (the paper's 1; ignored by other attentions).
         attn_kwargs: further attention arguments (``attn_drop``, ``coefficients``, ...).
     """
@@ -58,6 +60,7 @@ class SequenceClassifierConfig:
     layer_scale_init: float | None = 1e-4
     embed_std: float = 0.02
     temperature_init: float = 1.0
+    pos_grid_width: int | None = None
     attn_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -89,7 +92,7 @@ class SequenceClassifier(nn.Module):
         self.config = cfg = config
         embed_cls = ConvTextEmbed if cfg.embed == "conv" else TokenEmbedding
         self.embed = embed_cls(cfg.input_dim, cfg.dim)
-        self.pos = SinusoidalPositionalEncoding(cfg.dim, cfg.max_len)
+        self.pos = SinusoidalPositionalEncoding(cfg.dim, cfg.max_len, grid_width=cfg.pos_grid_width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.blocks = make_blocks(cfg)
         self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)

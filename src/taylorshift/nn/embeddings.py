@@ -33,6 +33,20 @@ def sinusoidal_encoding(length: int, dim: int, base: float = 10000.0) -> Tensor:
     return pe
 
 
+def grid_sinusoidal_encoding(length: int, dim: int, width: int, base: float = 10000.0) -> Tensor:
+    """Sinusoidal encoding of row-major image positions: position ``p`` is pixel ``(p // width, p % width)``; the
+    first ``dim // 2`` channels encode the row and the rest the column, each with :func:`sinusoidal_encoding`.
+
+    Returns:
+        ``(length, dim)`` float64 tensor.
+    """
+    half = dim // 2
+    rows = -(-length // width)
+    pos = torch.arange(length)
+    return torch.cat([sinusoidal_encoding(rows, half, base)[pos // width],
+                      sinusoidal_encoding(width, dim - half, base)[pos % width]], dim=1)
+
+
 class SinusoidalPositionalEncoding(nn.Module):
     """Adds the fixed sinusoidal encoding of positions ``0 … N-1``; the table is a (non-persistent) buffer.
 
@@ -40,6 +54,9 @@ class SinusoidalPositionalEncoding(nn.Module):
         dim: model width ``D``.
         max_len: longest sequence the table covers.
         base: frequency base (10000 in the paper).
+        grid_width: if set, positions are pixels of a row-major image this wide and the table is
+            :func:`grid_sinusoidal_encoding` (row in one half of the channels, column in the other), so that
+            vertical neighbours, ``grid_width`` apart in the sequence, get similar encodings.
 
     Shapes:
         ``forward(x, offset=0)``: ``x (B, N, D)`` → ``(B, N, D)``, adding the encodings of positions
@@ -47,13 +64,19 @@ class SinusoidalPositionalEncoding(nn.Module):
         ``forward(x, positions=p)``: the encodings of the positions ``p (B, N)`` (integers ``< max_len``) instead.
     """
 
-    def __init__(self, dim: int, max_len: int, base: float = 10000.0) -> None:
+    def __init__(self, dim: int, max_len: int, base: float = 10000.0, grid_width: int | None = None) -> None:
         super().__init__()
-        self.dim, self.max_len = dim, max_len
-        self.register_buffer("pe", sinusoidal_encoding(max_len, dim, base).float(), persistent=False)
+        if grid_width is not None and (isinstance(grid_width, bool) or not isinstance(grid_width, int)
+                                       or grid_width < 1):
+            raise ValueError(f"grid_width must be a positive int or None, got {grid_width!r}")
+        self.dim, self.max_len, self.grid_width = dim, max_len, grid_width
+        table = sinusoidal_encoding(max_len, dim, base) if grid_width is None else \
+            grid_sinusoidal_encoding(max_len, dim, grid_width, base)
+        self.register_buffer("pe", table.float(), persistent=False)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, max_len={self.max_len}"
+        grid = "" if self.grid_width is None else f", grid_width={self.grid_width}"
+        return f"dim={self.dim}, max_len={self.max_len}{grid}"
 
     def forward(self, x: Tensor, offset: int = 0, positions: Tensor | None = None) -> Tensor:
         if positions is not None:  # per-token positions (B, N), e.g. counted over the unpadded tokens
