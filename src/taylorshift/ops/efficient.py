@@ -143,11 +143,17 @@ def accumulate_state(
     :func:`taylorshift.ops.features.row_blocks`) is updated in place and returned."""
     phi = None
     for s0, s1 in spans(k.shape[-2], chunk):
-        if phi is None or phi.shape[-1] != s1 - s0:
-            phi = k.new_empty((*k.shape[:-2], state.shape[-2], s1 - s0))  # one buffer for all full chunks
-        phi = taylor_features(k[..., s0:s1, :], form, out=phi, blocks=blocks)  # (*batch, F, c)
+        phi = _chunk_features(k[..., s0:s1, :], form, blocks, phi)  # (*batch, F, c)
         state += phi @ vp[..., s0:s1, :]
     return state
+
+
+def _chunk_features(x: Tensor, form: Form, blocks: Blocks | None, buffer: Tensor | None) -> Tensor:
+    """Features ``(*batch, F, c)`` of the chunk ``x (*batch, c, d)``, written into ``buffer`` (the previous chunk's
+    features, whose constant row is already written) when it has the same shape, else into a new buffer."""
+    if buffer is not None and buffer.shape[-1] == x.shape[-2] and buffer.is_contiguous():
+        return taylor_features(x, form, out=buffer, blocks=blocks, ones=False)
+    return taylor_features(x, form, blocks=blocks)
 
 
 def state_product(qs: Tensor, weighted_state: Tensor, form: Form, blocks: Blocks | None = None) -> Tensor:
@@ -177,8 +183,10 @@ def read_state(
     """
     L, e = qs.shape[-2], weighted_state.shape[-1]
     y = qs.new_empty((*qs.shape[:-1], e), dtype=out_dtype or qs.dtype)
+    phi = None
     for l0, l1 in spans(L, chunk):
-        phi_t = taylor_features(qs[..., l0:l1, :], form, blocks=blocks).transpose(-1, -2)  # (*batch, c, F)
+        phi = _chunk_features(qs[..., l0:l1, :], form, blocks, phi)  # (*batch, F, c), one buffer for full chunks
+        phi_t = phi.transpose(-1, -2)  # (*batch, c, F)
         if y.dtype == phi_t.dtype:
             torch.matmul(phi_t, weighted_state, out=y[..., l0:l1, :])
         else:

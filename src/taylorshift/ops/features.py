@@ -138,7 +138,12 @@ def blocked_feature_dim(d: int, blocks: Blocks) -> int:
 
 
 def taylor_features(
-    x: Tensor, form: Form = "symmetric", *, out: Tensor | None = None, blocks: Blocks | None = None
+    x: Tensor,
+    form: Form = "symmetric",
+    *,
+    out: Tensor | None = None,
+    blocks: Blocks | None = None,
+    ones: bool = True,
 ) -> Tensor:
     """Unweighted features ``φ(x) = [second-order, x, 1]`` of each row of ``x``, feature-major.
 
@@ -148,6 +153,8 @@ def taylor_features(
         out: optional ``(*batch, F, N)`` buffer to write into (not written while ``torch.compile`` traces: always
             use the returned tensor).
         blocks: the layout of the second-order part (:func:`row_blocks`); default the canonical one of ``form``.
+        ones: write the constant last row; ``False`` only with an ``out`` whose last row already holds ones (a
+            buffer reused across chunks: one operation, a parallel region, fewer per chunk).
 
     Returns:
         ``(*batch, F, N)``; not differentiable through autograd (the kernels have their own backward).
@@ -173,7 +180,8 @@ def taylor_features(
         block = out[..., off : off + size, :].unflatten(-2, (e - o, d - o))  # (*batch, e-o, d-o, N)
         torch.mul(xt[..., o:e, None, :], xt[..., None, o:, :], out=block)
         off += size
-    out[..., -1, :] = 1.0
+    if ones:
+        out[..., -1, :] = 1.0
     return out
 
 
