@@ -347,7 +347,7 @@ def run_record(s: dict, protocol: str, recipe: str) -> dict:
     }
 
 
-RECORD_KEY = ("protocol", "task", "recipe", "attention", "seed")
+RECORD_KEY = ("protocol", "task", "recipe", "attention", "seed", "steps")
 
 
 def folder_records(runs: Path, recipes: dict, attentions=("taylorshift", "softmax")) -> list[dict]:
@@ -375,8 +375,9 @@ def folder_records(runs: Path, recipes: dict, attentions=("taylorshift", "softma
 
 def merge_records(old: list[dict], new: list[dict]) -> list[dict]:
     """``old`` (the committed docs/results/runs.json) updated by ``new``: a run folder's record replaces the
-    committed record of the same (protocol, task, recipe, attention, seed); the other committed records stay, so
-    a session that no longer has an earlier session's run folders keeps their results."""
+    committed record of the same (protocol, task, recipe, attention, seed, steps); the other committed records stay,
+    so a session that no longer has an earlier session's run folders keeps their results (and a longer run of the
+    same seed is kept beside the shorter one)."""
     key = lambda r: tuple(r[k] for k in RECORD_KEY)  # noqa: E731
     merged = {key(r): r for r in old}
     merged.update({key(r): r for r in new})
@@ -621,30 +622,41 @@ def _embed_section(records: list) -> list[str]:
 
 
 def _lm_section(lm: list) -> list[str]:
-    """The byte-level causal LM with both attentions: test bits per byte (lower is better) over seeds."""
+    """The byte-level causal LM with both attentions: test bits per byte (lower is better) over seeds, one row per
+    number of training steps. A step count with one seed pair gets its values and no interval or verdict."""
     from taylorshift.analysis.accuracy import mean_std, paired_difference, verdict
 
     lines = []
     for t in lm:
-        by = {(r["attention"], r["seed"]): r["test_bits_per_byte"] for r in t["runs"]}
-        seeds = sorted({s for (a, s) in by if ("taylorshift", s) in by and ("softmax", s) in by})
         lines += ["## Causal language model (bits per byte, lower is better)", ""]
-        if len(seeds) < 2:
-            lines += [f"Not finished: {t['name']} ({len(seeds)} seed pair(s)).", ""]
+        rows, best = [], None
+        for steps in sorted({r["steps"] for r in t["runs"]}):
+            by = {(r["attention"], r["seed"]): r["test_bits_per_byte"] for r in t["runs"] if r["steps"] == steps}
+            seeds = sorted({s for (a, s) in by if ("taylorshift", s) in by and ("softmax", s) in by})
+            if not seeds:
+                continue
+            a, b = [by[("taylorshift", s)] for s in seeds], [by[("softmax", s)] for s in seeds]
+            name = f"{t['name']} (`fortunes_lm`, 512-byte context)"
+            if len(seeds) == 1:
+                rows.append(f"| {name} | {steps:,} | 1 (seed {seeds[0]}) | {a[0]:.3f} | {b[0]:.3f} | "
+                            f"{a[0] - b[0]:+.3f} (one seed: no interval) | – |")
+            else:
+                (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+                d = paired_difference(a, b)
+                v = verdict(paired_difference(b, a), margin=0.05, units="bits/byte")  # softmax − TS: + = TS lower
+                rows.append(f"| {name} | {steps:,} | {len(seeds)} | {ma:.3f} ± {sa:.3f} | {mb:.3f} ± {sb:.3f} | "
+                            f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] | {v} |")
+            means = (sum(a) / len(a), sum(b) / len(b))
+            best = min(best if best is not None else math.inf, *means)
+        if not rows:
+            lines += [f"Not finished: {t['name']} (no seed pair).", ""]
             continue
-        a, b = [by[("taylorshift", s)] for s in seeds], [by[("softmax", s)] for s in seeds]
-        (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
-        d = paired_difference(a, b)
-        v = verdict(paired_difference(b, a), margin=0.05, units="bits/byte")  # softmax − TS: positive = TS lower
-        steps = t["runs"][0]["steps"]
-        lines += ["| model | steps | TaylorShift | softmax | TS − softmax [95 % CI] | verdict |",
-                  "|---|---:|---:|---:|---:|---|",
-                  f"| {t['name']} (`fortunes_lm`, 512-byte context) | {steps:,} | {ma:.3f} ± {sa:.3f} | "
-                  f"{mb:.3f} ± {sb:.3f} | {d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] | {v} |", "",
-                  "Verdict margin: 0.05 bits per byte; *better* means TaylorShift's bits per byte are lower.", ""]
+        lines += ["| model | steps | seeds | TaylorShift | softmax | TS − softmax [95 % CI] | verdict |",
+                  "|---|---:|---:|---:|---:|---:|---|", *rows, "",
+                  "Verdict margin: 0.05 bits per byte; *better* means TaylorShift's bits per byte are lower. Each row "
+                  "is its own schedule (warm-up + cosine over that many steps).", ""]
         base = t.get("baselines")
         if base:
-            best = min(ma, mb)
             where = ("above the unigram reference: neither model has learned more than byte frequencies"
                      if best >= base["unigram"] else
                      "between the unigram and bigram references: the models have learned little beyond byte "
@@ -652,7 +664,7 @@ def _lm_section(lm: list) -> list[str]:
                      f"{base['bigram'] - best:.3f} bits/byte below the bigram reference (what the context beyond "
                      "the previous byte has added so far)")
             lines += [f"References on the same test bytes (counted on the training split): unigram "
-                      f"{base['unigram']:.3f} bits/byte, bigram {base['bigram']:.3f}. The better model's "
+                      f"{base['unigram']:.3f} bits/byte, bigram {base['bigram']:.3f}. The best model's "
                       f"{best:.3f} lies {where}.", ""]
     return lines
 

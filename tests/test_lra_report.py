@@ -85,6 +85,25 @@ def test_lm_section_reads_bits_per_byte_lower_is_better():
     assert "| 2.110 ± 0.010 | 2.313 ± 0.015 | -0.203 [" in row and row.endswith("| better |")
 
 
+def test_lm_rows_per_step_count_and_a_longer_single_seed_run_survives_the_merge():
+    """A longer run of seed 0 is kept beside the 3-seed shorter runs (steps are part of the record key) and gets its
+    own row, with values and no interval."""
+    def rec(a, seed, steps, v):
+        return {**_record("fortunes-lm", a, seed, 0.0), "steps": steps, "test_bits_per_byte": v}
+
+    old = [rec(a, s, 400, 3.78 + 0.001 * s) for a in ("taylorshift", "softmax") for s in range(3)]
+    merged = lra_report.merge_records(old, [rec("taylorshift", 0, 1500, 3.55), rec("softmax", 0, 1500, 3.27)])
+    assert len(merged) == 8
+    lm = [{"name": "fortunes-lm", "baselines": {"unigram": 4.8, "bigram": 3.78},
+           "runs": [{k: r[k] for k in ("attention", "seed", "steps", "test_bits_per_byte")} for r in merged]}]
+    text = "\n".join(lra_report._lm_section(lm))
+    row400 = next(ln for ln in text.splitlines() if "| 400 |" in ln)
+    row1500 = next(ln for ln in text.splitlines() if "| 1,500 |" in ln)
+    assert "| 3 |" in row400 and row400.endswith("| within 0.05 bits/byte |")
+    assert "| 1 (seed 0) | 3.550 | 3.270 | +0.280 (one seed: no interval) | – |" in row1500
+    assert "The best model's 3.270 lies 0.510 bits/byte below the bigram reference" in text
+
+
 def test_embedding_section_pairs_conv_with_the_linear_matched_runs():
     def rec(protocol, seed, acc):
         return {"protocol": protocol, "task": "pixels", "attention": "taylorshift", "seed": seed, "steps": 100,
