@@ -92,10 +92,21 @@ def inputs(n: int, d: int, dtype: torch.dtype, seed: int = 0):
     return [torch.randn(B, H, n, d, generator=g).to(dtype) for _ in range(3)]
 
 
-def count_launches(backend: str, n: int, d: int, dtype: torch.dtype) -> dict:
-    """Computing operations launched by one forward call (see the module docstring), by name."""
+def use_chunk_rows(chunk_rows: int | None) -> None:
+    """Make the efficient kernel use ``chunk_rows`` rows per chunk in this process (None or 0: its default)."""
+    if chunk_rows:
+        import taylorshift.ops.efficient as eff
+
+        eff.default_chunk_size = lambda batch, F: chunk_rows
+
+
+def count_launches(backend: str, n: int, d: int, dtype: torch.dtype, chunk_rows: int | None = None) -> dict:
+    """Computing operations launched by one forward call (see the module docstring), by name; ``chunk_rows``
+    as in :func:`use_chunk_rows` (the override stays for the rest of this process: a run counts with one chunk
+    size)."""
     from torch.profiler import ProfilerActivity, profile
 
+    use_chunk_rows(chunk_rows)
     fn, (q, k, v) = attention(backend), inputs(n, d, dtype)
     with torch.inference_mode():
         fn(q, k, v)
@@ -137,7 +148,7 @@ def count_launches(backend: str, n: int, d: int, dtype: torch.dtype) -> dict:
             from taylorshift.ops.features import feature_dim
 
             blocks, F_ = range(d), feature_dim(d, "symmetric")
-        chunk = default_chunk_size(B * H, F_)
+        chunk = chunk_rows or default_chunk_size(B * H, F_)
         row.update(features=F_, row_blocks=len(blocks), chunk=chunk, chunks_per_pass=-(-n // chunk))
     if backend == "direct":
         from taylorshift.ops.direct import default_block_size
@@ -153,10 +164,7 @@ def worker(backend: str, n: int, d: int, dtype: str, repeats: int, threads: int,
     ``chunk_rows`` > 0 replaces the efficient kernel's default chunk size (rows per chunk)."""
     if threads:
         torch.set_num_threads(threads)
-    if chunk_rows:
-        import taylorshift.ops.efficient as eff
-
-        eff.default_chunk_size = lambda batch, F: chunk_rows
+    use_chunk_rows(chunk_rows)
     fn, (q, k, v) = attention(backend), inputs(n, d, DTYPES[dtype])
     with torch.inference_mode():
         fn(q, k, v)
@@ -183,7 +191,7 @@ def _run(args, backend: str, d: int, copies: int, env: dict) -> list[float]:
         str(args.repeats),
         str(args.threads),
         repr(start_at),
-        str(getattr(args, "chunk_size", None) or 0),
+        str(args.chunk_size or 0),
     ]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) for _ in range(copies)]
     out = []
@@ -196,11 +204,8 @@ def _run(args, backend: str, d: int, copies: int, env: dict) -> list[float]:
 
 
 def _policies(args) -> list[str | None]:
-    """The wait policies to compare: ``None`` = inherited (``args.omp_wait_policy`` may be None, one name or a
-    list; ``"inherit"`` in a list is None)."""
-    pol = getattr(args, "omp_wait_policy", None)
-    pol = [pol] if pol is None or isinstance(pol, str) else list(pol)
-    return [None if x in (None, "inherit") else x for x in pol]
+    """The wait policies to compare (``args.omp_wait_policy``: None or a list of names): ``None`` = inherited."""
+    return [None if x == "inherit" else x for x in (args.omp_wait_policy or ["inherit"])]
 
 
 def slowdown_table(args) -> list[dict]:
@@ -208,10 +213,10 @@ def slowdown_table(args) -> list[dict]:
     the mean of two concurrent processes, and their ratio. Within a round the policies run back to back, so
     that drift of the machine's speed between rounds affects them alike."""
     base = dict(os.environ)
-    for item in getattr(args, "env", None) or []:
+    for item in args.env:
         key, _, value = item.partition("=")
         base[key] = value
-    policies, rounds = _policies(args), max(1, getattr(args, "rounds", 1) or 1)
+    policies, rounds = _policies(args), args.rounds
     rows = []
     for d in args.dims:
         for backend in args.backends:
@@ -235,9 +240,11 @@ def slowdown_table(args) -> list[dict]:
                         "omp_wait_policy": pol or "inherited",
                         "alone_ms": alone * 1e3,
                         "concurrent_ms": [t * 1e3 for t in together],
-                        "slowdown": statistics.median(statistics.mean(p) / a for p, a in zip(pairs, alone_runs)),
+                        "slowdown": statistics.median(
+                            statistics.mean(p) / a for p, a in zip(pairs, alone_runs, strict=True)
+                        ),
                         "rounds": [{"alone_ms": a * 1e3, "concurrent_ms": [t * 1e3 for t in p]}
-                                   for a, p in zip(alone_runs, pairs)],
+                                   for a, p in zip(alone_runs, pairs, strict=True)],
                     }
                 )
                 print(
@@ -333,7 +340,7 @@ def main(argv=None) -> None:
     if args.count or args.count_only:
         for d in args.dims:
             for backend in args.backends:
-                counts.append(count_launches(backend, args.n, d, DTYPES[args.dtype]))
+                counts.append(count_launches(backend, args.n, d, DTYPES[args.dtype], args.chunk_size))
                 print(json.dumps(counts[-1]), flush=True)
     rows = [] if args.count_only else slowdown_table(args)
     table = markdown(meta, counts, rows)

@@ -629,7 +629,7 @@ def _lm_section(lm: list) -> list[str]:
     lines = []
     for t in lm:
         lines += ["## Causal language model (bits per byte, lower is better)", ""]
-        rows, best = [], None
+        rows, best = [], math.inf
         for steps in sorted({r["steps"] for r in t["runs"]}):
             by = {(r["attention"], r["seed"]): r["test_bits_per_byte"] for r in t["runs"] if r["steps"] == steps}
             seeds = sorted({s for (a, s) in by if ("taylorshift", s) in by and ("softmax", s) in by})
@@ -647,7 +647,7 @@ def _lm_section(lm: list) -> list[str]:
                 rows.append(f"| {name} | {steps:,} | {len(seeds)} | {ma:.3f} ± {sa:.3f} | {mb:.3f} ± {sb:.3f} | "
                             f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] | {v} |")
             means = (sum(a) / len(a), sum(b) / len(b))
-            best = min(best if best is not None else math.inf, *means)
+            best = min(best, *means)
         if not rows:
             lines += [f"Not finished: {t['name']} (no seed pair).", ""]
             continue

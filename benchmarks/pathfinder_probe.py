@@ -97,13 +97,16 @@ def main(argv=None) -> None:
     p.add_argument("--name", required=True, help="probe name: writes <out>/<name>.csv")
     p.add_argument("--out", default=str(ROOT / "docs" / "results" / "probes"))
     args = p.parse_args(argv)
-    if args.patch and args.size % args.patch:
-        p.error(f"--patch {args.patch} must divide --size {args.size}")
-    if args.steps < 1 or args.eval_every < 1:
-        p.error("--steps and --eval-every must be positive")
+    if args.patch < 0 or (args.patch and args.size % args.patch):
+        p.error(f"--patch must be 0 or a positive divisor of --size {args.size}, got {args.patch}")
+    if args.steps < 1 or args.eval_every < 1 or args.train_size < 1:
+        p.error("--steps, --eval-every and --train-size must be positive")
     torch.set_num_threads(1)
     overrides = parse_sets(args.set)
-    cfg = PathfinderConfig(contour_length=args.contour_length, size=args.size, n_distractors=args.distractors)
+    try:
+        cfg = PathfinderConfig(contour_length=args.contour_length, size=args.size, n_distractors=args.distractors)
+    except ValueError as e:
+        p.error(str(e))
     xt, yt = generate_pathfinder(args.train_size, 0, cfg, start=0)
     xv, yv = generate_pathfinder(2000, 0, cfg, start=args.train_size)
     patch = args.patch if args.model != "mlp" else 1
@@ -120,9 +123,10 @@ def main(argv=None) -> None:
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, args.steps - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    inputs = "grey-level tokens" if not args.patch else f"{args.patch}x{args.patch} patches"
     about = (f"Pathfinder {args.size}x{args.size}, {args.contour_length}-paddle paths, {args.distractors} distractor "
              f"path(s), {args.train_size:,} train; model {args.model}"
-             + ("" if args.model == "mlp" else f", {'grey-level tokens' if not args.patch else f'{args.patch}x{args.patch} patches'}, 2-D positions")
+             + ("" if args.model == "mlp" else f", {inputs}, 2-D positions")
              + (f", {' '.join(args.set)}" if args.set else "")
              + f"; {args.steps:,} steps, batch 32, lr {args.lr:g}, seed {args.seed}; "
              + time.strftime("%Y-%m-%d", time.gmtime())

@@ -238,6 +238,9 @@ def main(argv=None) -> None:
             repeats=args.contention_repeats,
             threads=args.threads,
             omp_wait_policy=None,
+            rounds=1,
+            env=[],
+            chunk_size=None,
         )
         contention = cont.slowdown_table(cargs)
     out = Path(args.out)

@@ -62,6 +62,8 @@ def test_contention_script_runs_tiny(tmp_path):
     assert all(r["omp_wait_policy"] == "inherited" and len(r["rounds"]) == 1 for r in data["rows"])
     assert data["counts"] and data["meta"]["n"] == 64
     assert data["meta"]["env"] == ["GOMP_SPINCOUNT=1000"] and data["meta"]["chunk_size"] == 16
+    efficient = [c for c in data["counts"] if c["backend"] == "efficient"]
+    assert efficient and all(c["chunk"] == 16 and c["chunks_per_pass"] == 4 for c in efficient)
 
 
 def test_contention_script_compares_wait_policies(tmp_path):

@@ -227,4 +227,4 @@ def test_pathfinder_probe_writes_a_probe_file_the_report_reads(tmp_path):
         assert rows[1] == "step,split,loss,accuracy" and [r.split(",")[0] for r in rows[2:]] == ["2", "4"]
     bad = subprocess.run([sys.executable, str(script), "--patch", "3", "--name", "x", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "must divide" in bad.stderr
+    assert bad.returncode == 2 and "positive divisor of --size" in bad.stderr

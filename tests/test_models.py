@@ -345,6 +345,8 @@ def test_grid_positions_encode_row_and_column():
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="grid_width"):
             SinusoidalPositionalEncoding(dim, length, grid_width=bad)
+        with pytest.raises(ValueError, match="grid_width"):
+            grid_sinusoidal_encoding(length, dim, bad)
     model = _tiny("pathfinder_cpu", max_len=16, pos_grid_width=4)
     assert torch.equal(model.pos.pe, grid_sinusoidal_encoding(16, 32, 4).float())
     assert model(torch.randint(0, 256, (2, 16))).shape == (2, 2)

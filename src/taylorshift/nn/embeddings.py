@@ -33,13 +33,17 @@ def sinusoidal_encoding(length: int, dim: int, base: float = 10000.0) -> Tensor:
     return pe
 
 
-def grid_sinusoidal_encoding(length: int, dim: int, width: int, base: float = 10000.0) -> Tensor:
-    """Sinusoidal encoding of row-major image positions: position ``p`` is pixel ``(p // width, p % width)``; the
-    first ``dim // 2`` channels encode the row and the rest the column, each with :func:`sinusoidal_encoding`.
+def grid_sinusoidal_encoding(length: int, dim: int, grid_width: int, base: float = 10000.0) -> Tensor:
+    """Sinusoidal encoding of row-major image positions: position ``p`` is pixel ``(p // grid_width,
+    p % grid_width)``; the first ``dim // 2`` channels encode the row and the rest the column, each with
+    :func:`sinusoidal_encoding`.
 
     Returns:
         ``(length, dim)`` float64 tensor.
     """
+    if isinstance(grid_width, bool) or not isinstance(grid_width, int) or grid_width < 1:
+        raise ValueError(f"grid_width must be a positive int or None, got {grid_width!r}")
+    width = grid_width
     half = dim // 2
     rows = -(-length // width)
     pos = torch.arange(length)
@@ -66,9 +70,6 @@ class SinusoidalPositionalEncoding(nn.Module):
 
     def __init__(self, dim: int, max_len: int, base: float = 10000.0, grid_width: int | None = None) -> None:
         super().__init__()
-        if grid_width is not None and (isinstance(grid_width, bool) or not isinstance(grid_width, int)
-                                       or grid_width < 1):
-            raise ValueError(f"grid_width must be a positive int or None, got {grid_width!r}")
         self.dim, self.max_len, self.grid_width = dim, max_len, grid_width
         table = sinusoidal_encoding(max_len, dim, base) if grid_width is None else \
             grid_sinusoidal_encoding(max_len, dim, grid_width, base)
