@@ -302,6 +302,9 @@ VARIANTS = {
     "pathfinder16": ("Pathfinder-32 (LRA)", "16x16 images (256 tokens), paths of 4 paddles (LRA: 32x32, 14)"),
     "pathfinder16_easy": ("Pathfinder-32 (LRA)", "16x16 images (256 tokens), paths of 4 paddles, no distractor paths "
                           "(LRA: 32x32, 14 paddles, distractors)"),
+    "pathfinder16_images": ("Pathfinder-32 (LRA)", "pathfinder16_easy's 16x16 images (4-paddle paths, no distractor "
+                            "paths) seen by a ViT whose convolutional stem turns them into 16 tokens (LRA: 1,024 "
+                            "pixel tokens, 14 paddles, distractors)"),
     "manpages": ("IMDB bytes (LRA Text)", "Debian manual-page passages (2-4 kB), 3 classes by section, headers, NAME, "
                  "SYNOPSIS, SEE ALSO stripped; read as 512-byte windows (configs/lra/manpages.yaml; LRA: 4,000 "
                  "bytes)"),
@@ -557,12 +560,34 @@ def render_protocol_report(summary: dict, records: list, meta: dict, figs: Path 
     lines += _sweep_section([r for r in records if r["protocol"] == "sweep"], proto)
     if figs is not None:
         lines += _probes_section(figs / "probes")
+    lines += _cost_section(records)
     if summary["tasks"]:
         lines += ["## Task sizes relative to LRA", "", "| task | stands in for | data |", "|---|---|---|"]
         lines += [f"| {t['name']} | {t['stands_in_for']} | {t['data']} |" for t in summary["tasks"]]
     lines += ["", "The same-CPU-budget comparison (the paper's efficiency argument: each model gets the same CPU "
               "time, so a faster kernel sees more steps) is `docs/results_budget.md`.", ""]
     return "\n".join(lines)
+
+
+def _cost_section(records: list) -> list[str]:
+    """What the recorded runs cost: training CPU time per protocol and task (evaluation excluded), and the wall
+    time of the whole suite run two at a time on two cores."""
+    records = [r for r in records if r.get("cpu_seconds") is not None]
+    if not records:
+        return []
+    groups: dict[tuple[str, str], list] = {}
+    for r in records:
+        groups.setdefault((r["protocol"], r["task"]), []).append(r)
+    lines = ["## What the runs cost", "",
+             "Training time of every recorded run (evaluations and data preparation excluded), one torch thread per "
+             "run.", "", "| protocol | task | runs | steps | CPU hours |", "|---|---|---:|---|---:|"]
+    for (proto, task), rs in sorted(groups.items()):
+        steps = "/".join(f"{s:,}" for s in sorted({r["steps"] for r in rs}))
+        lines.append(f"| {proto} | {task} | {len(rs)} | {steps} | {sum(r['cpu_seconds'] for r in rs) / 3600:.2f} |")
+    total = sum(r["cpu_seconds"] for r in records) / 3600
+    lines += ["", f"Total: {len(records)} runs, {total:.1f} CPU hours, so about {total / 2:.1f} hours of wall time "
+              "two runs at a time on a 2-core machine (`--parallel 2`).", ""]
+    return lines
 
 
 def read_probe(path: Path) -> dict:

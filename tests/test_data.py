@@ -461,8 +461,8 @@ def test_polarity_csv_with_bom(tmp_path, monkeypatch):
 
 
 def test_registry():
-    assert list_tasks() == ["listops", "listops_short", "pathfinder", "pathfinder16", "pathfinder16_easy", "text",
-                            "pixels", "fmnist_images", "fortunes-lm", "manpages"]
+    assert list_tasks() == ["listops", "listops_short", "pathfinder", "pathfinder16", "pathfinder16_easy",
+                            "pathfinder16_images", "text", "pixels", "fmnist_images", "fortunes-lm", "manpages"]
     from taylorshift.data import cli
 
     assert tuple(list_tasks()) == cli.TASKS
@@ -564,3 +564,12 @@ def test_cpu_sized_variants_have_their_own_files(tmp_path):
     assert easy.is_prepared(tmp_path) and (tmp_path / "pathfinder" / "L4-S16-D0" / "train.npz").exists()
     lit = lambda ds: sum(int((ds[i][0] > 0).sum()) for i in range(len(ds)))  # noqa: E731
     assert lit(easy.dataset("train", tmp_path)) < 0.8 * lit(pf.dataset("train", tmp_path))  # two paths, not four
+    images = get_task("pathfinder16_images")  # the same files, as images for a ViT
+    assert images.is_prepared(tmp_path) and images.kind == "image"
+    for split in ("train", "test"):
+        seq, img = easy.dataset(split, tmp_path), images.dataset(split, tmp_path)
+        assert len(seq) == len(img)
+        for i in range(len(seq)):
+            x, y = img[i]
+            assert x.shape == (1, 16, 16) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+            assert y == seq[i][1] and torch.equal((x.flatten() * 255).round().long(), seq[i][0])

@@ -104,6 +104,17 @@ def test_lm_rows_per_step_count_and_a_longer_single_seed_run_survives_the_merge(
     assert "The best model's 3.270 lies 0.510 bits/byte below the bigram reference" in text
 
 
+def test_cost_section_sums_the_recorded_cpu_time():
+    records = [{"protocol": "matched", "task": "a", "steps": 100, "cpu_seconds": 1800.0},
+               {"protocol": "matched", "task": "a", "steps": 100, "cpu_seconds": 1800.0},
+               {"protocol": "embed", "task": "b", "steps": 50, "cpu_seconds": 7200.0},
+               {"protocol": "sweep", "task": "c", "steps": 10}]  # no time recorded: not counted
+    text = "\n".join(lra_report._cost_section(records))
+    assert "| matched | a | 2 | 100 | 1.00 |" in text and "| embed | b | 1 | 50 | 2.00 |" in text
+    assert "Total: 3 runs, 3.0 CPU hours, so about 1.5 hours of wall time" in text and "| c |" not in text
+    assert lra_report._cost_section([{"protocol": "sweep", "task": "c", "steps": 10}]) == []
+
+
 def test_embedding_section_pairs_conv_with_the_linear_matched_runs():
     def rec(protocol, seed, acc):
         return {"protocol": protocol, "task": "pixels", "attention": "taylorshift", "seed": seed, "steps": 100,
@@ -225,6 +236,18 @@ def test_pathfinder_probe_writes_a_probe_file_the_report_reads(tmp_path):
         assert p["steps"] == 4 and 0 <= p["last"] <= 100 and f"model {model}" in p["about"]
         rows = (tmp_path / f"p_{model}.csv").read_text().splitlines()
         assert rows[1] == "step,split,loss,accuracy" and [r.split(",")[0] for r in rows[2:]] == ["2", "4"]
-    bad = subprocess.run([sys.executable, str(script), "--patch", "3", "--name", "x", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "positive divisor of --size" in bad.stderr
+    # masked-patch pretraining first: its rows are kept in the file but are not validation rows
+    subprocess.run([sys.executable, str(script), "--contour-length", "2", "--train-size", "64", "--steps", "2",
+                    "--eval-every", "2", "--model", "softmax", "--patch", "4", "--set", "depth=1",
+                    "--pretrain-steps", "3", "--name", "pre", "--out", str(tmp_path)],
+                   check=True, capture_output=True, timeout=300)
+    rows = (tmp_path / "pre.csv").read_text().splitlines()
+    assert "3 masked-patch pretraining steps" in rows[0]
+    assert [r.split(",")[:2] for r in rows[2:]] == [["3", "pretrain"], ["2", "val"]]
+    assert float(rows[2].split(",")[2]) > 0 and lra_report.read_probe(tmp_path / "pre.csv")["steps"] == 2
+    for args, message in ((["--patch", "3"], "positive divisor of --size"),
+                          (["--pretrain-steps", "5"], "needs --patch > 0"),
+                          (["--patch", "2", "--pretrain-steps", "5", "--mask-ratio", "1"], "--mask-ratio")):
+        bad = subprocess.run([sys.executable, str(script), *args, "--name", "x", "--out", str(tmp_path)],
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)

@@ -85,3 +85,23 @@ def test_the_check_lets_empty_calls_through(causal):
     q, v = torch.zeros(1, 2, 5, 4), torch.zeros(1, 2, 5, 0)
     assert taylor_shift_attention(q, q, v, backend="efficient", is_causal=causal).shape == (1, 2, 5, 0)
     assert TaylorShiftState((0, 2), 4).nbytes == 0
+
+
+@pytest.mark.parametrize("backend", ["direct", "efficient"])
+@pytest.mark.parametrize("tau", [1.0, 4.0, 16.0])
+def test_a_rows_largest_share_is_bounded_by_the_temperature(backend, tau):
+    """docs/causal.md: with unit-norm q, k and temperature τ ≥ 1 one key gets at most p(τ) / (p(τ) + (n-1)/2) of a
+    row (p ≥ 1/2, reached at τ·cos θ = -1), and that share is attained; random unit vectors stay below it."""
+    n, d = 64, 8
+    p = lambda x: 1 + x + x * x / 2  # noqa: E731
+    bound = p(tau) / (p(tau) + (n - 1) / 2)
+    eye = torch.eye(n, dtype=torch.float64)  # values = one-hot keys: the output row is the attention row
+    e1, e2 = torch.eye(d, dtype=torch.float64)[:2]
+    k = torch.stack([e1] + [(-1 / tau) * e1 + (1 - 1 / tau**2) ** 0.5 * e2] * (n - 1))  # cos = 1, then -1/τ
+    row = taylor_shift_attention(e1[None, None], k[None], eye[None], scale=tau, backend=backend)[0, 0]
+    assert abs(row[0].item() - bound) < 1e-12 and abs(row.sum().item() - 1) < 1e-12
+    g = torch.Generator().manual_seed(0)
+    q = F.normalize(torch.randn(4, 32, d, generator=g, dtype=torch.float64), dim=-1)
+    kr = F.normalize(torch.randn(4, n, d, generator=g, dtype=torch.float64), dim=-1)
+    rows = taylor_shift_attention(q, kr, eye.expand(4, n, n), scale=tau, backend=backend)
+    assert rows.max().item() <= bound + 1e-12 and rows.min().item() >= 0

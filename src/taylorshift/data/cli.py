@@ -21,8 +21,8 @@ import time
 from taylorshift.cli import CLIError, non_negative_int, output_dir, positive_int
 
 # Kept literal so that building the parser imports nothing heavy; tests check it against registry.list_tasks().
-TASKS = ("listops", "listops_short", "pathfinder", "pathfinder16", "pathfinder16_easy", "text", "pixels",
-         "fmnist_images", "fortunes-lm", "manpages")
+TASKS = ("listops", "listops_short", "pathfinder", "pathfinder16", "pathfinder16_easy", "pathfinder16_images", "text",
+         "pixels", "fmnist_images", "fortunes-lm", "manpages")
 CONTOUR_LENGTHS = (6, 9, 14)
 
 
@@ -86,7 +86,7 @@ def _list(args: argparse.Namespace) -> int:
 def _progress_total(task: str, options: dict) -> int | None:
     if task in ("listops", "listops_short"):
         from taylorshift.data import listops as mod
-    elif task in ("pathfinder", "pathfinder16", "pathfinder16_easy"):
+    elif task in ("pathfinder", "pathfinder16", "pathfinder16_easy", "pathfinder16_images"):
         from taylorshift.data import pathfinder as mod
     elif task == "manpages":  # one step per package fetched, one per package rendered
         from pathlib import Path

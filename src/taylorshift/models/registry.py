@@ -23,15 +23,16 @@ off: it is cheaper than direct above ``N ≈ (d+1)(d+2)/2`` tokens (the FLOP mod
 crossover; with d = 16 all the 500–4000-token tasks are far past it, so the efficient form's linear cost in
 N shows on hardware we have. ``vit_tiny_fmnist`` (28×28 padded to 32, patch 4: 65 tokens) stays below it.
 
-=============== ======== ===== ===== ===== ==== ===== =================================================
-name            family   D     depth heads d    mlp   input
-=============== ======== ===== ===== ===== ==== ===== =================================================
-listops_cpu     sequence 64    2     4     16   2.0   as ``listops``
-text_bytes_cpu  sequence 64    2     4     16   2.0   as ``text_bytes``, ≤ 4096 tokens
-pixels_cpu      sequence 64    1     4     16   1.0   as ``pixels``
-pathfinder_cpu  sequence 64    2     4     16   1.0   as ``pathfinder``
-vit_tiny_fmnist vit      64    4     4     16   2.0   28×28 grey (padded to 32), patch 4, 10 classes
-=============== ======== ===== ===== ===== ==== ===== =================================================
+================ ======== ===== ===== ===== ==== ===== =================================================
+name             family   D     depth heads d    mlp   input
+================ ======== ===== ===== ===== ==== ===== =================================================
+listops_cpu      sequence 64    2     4     16   2.0   as ``listops``
+text_bytes_cpu   sequence 64    2     4     16   2.0   as ``text_bytes``, ≤ 4096 tokens
+pixels_cpu       sequence 64    1     4     16   1.0   as ``pixels``
+pathfinder_cpu   sequence 64    2     4     16   1.0   as ``pathfinder``
+vit_tiny_fmnist  vit      64    4     4     16   2.0   28×28 grey (padded to 32), patch 4, 10 classes
+vit_pathfinder16 vit      64    4     4     16   2.0   16×16 grey, convolutional stem to 4×4 (16 tokens), 2 classes
+================ ======== ===== ===== ===== ==== ===== =================================================
 
 Every classifier preset uses drop-path 0.05 and LayerScale 1e-4 (the paper's defaults); override any config
 field through ``create_model(name, **overrides)``.
@@ -87,6 +88,7 @@ _PRESETS: dict[str, ModelConfig] = {
     "pixels_cpu": _Seq(256, 10, 1024, depth=1, mlp_ratio=1.0, **_CPU),
     "pathfinder_cpu": _Seq(256, 2, 1024, depth=2, mlp_ratio=1.0, **_CPU),
     "vit_tiny_fmnist": _ViT(10, img_size=32, input_size=28, patch_size=4, in_chans=1, depth=4, mlp_ratio=2.0, **_CPU),
+    "vit_pathfinder16": _ViT(2, img_size=16, patch_size=4, in_chans=1, stem="conv", depth=4, mlp_ratio=2.0, **_CPU),
     # language model (CPU size)
     "fortunes_lm": CausalLMConfig(256, 4096, dim=128, depth=4, num_heads=8, head_dim=16, mlp_ratio=4.0),
 }

@@ -28,6 +28,7 @@ DEFAULT_MODELS: dict[str, str] = {
     "text": "text_bytes_cpu",
     "pixels": "pixels_cpu",
     "fmnist_images": "vit_tiny_fmnist",
+    "pathfinder16_images": "vit_pathfinder16",
     "fortunes-lm": "fortunes_lm",
     "manpages": "text_bytes_cpu",
 }
