@@ -251,3 +251,26 @@ def test_pathfinder_probe_writes_a_probe_file_the_report_reads(tmp_path):
         bad = subprocess.run([sys.executable, str(script), *args, "--name", "x", "--out", str(tmp_path)],
                              capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
+
+
+def test_pathfinder_shortcut_reads_the_prepared_examples(tmp_path):
+    """benchmarks/pathfinder_shortcut.py regenerates exactly the prepared split (same labels and images), and its
+    threshold rule picks the separating threshold and direction."""
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import pathfinder_shortcut as sc
+
+    from taylorshift.data import get_task
+    from taylorshift.data.pathfinder import PathfinderConfig, make_sample
+
+    get_task("pathfinder16_easy").prepare(tmp_path, size=6, val_size=2, test_size=3)
+    with np.load(tmp_path / "pathfinder" / "L4-S16-D0" / "test.npz") as z:
+        images, labels = z["images"], z["labels"]
+    cfg = PathfinderConfig(contour_length=4, size=16, n_distractors=0)
+    dist, lab = sc.marker_distances(cfg, 0, 8, 3)
+    assert np.array_equal(lab, labels) and (dist > 0).all()
+    assert np.array_equal(make_sample(cfg, int(lab[0]), np.random.default_rng([0, 8])).image, images[0])
+    d = np.array([1.0, 2.0, 5.0, 6.0])
+    assert sc.best_rule(d, np.array([1, 1, 0, 0])) == (2.0, 1)
+    assert sc.best_rule(d, np.array([0, 0, 1, 1])) == (5.0, -1)
