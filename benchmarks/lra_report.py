@@ -522,22 +522,24 @@ def render_protocol_report(summary: dict, records: list, meta: dict, figs: Path 
     ]
     verdicts, not_learned, pending = {}, [], []
     for t in summary["tasks"]:
-        by = {(r["attention"], r["seed"]): r for r in t["runs"]}
-        seeds = sorted({seed for (a, seed) in by if ("taylorshift", seed) in by and ("softmax", seed) in by})
-        if len(seeds) < 2:
-            pending.append(f"{t['name']} ({len(seeds)} seed pair(s) finished)")
-            continue
-        a = [by[("taylorshift", s)]["test_accuracy"] for s in seeds]
-        b = [by[("softmax", s)]["test_accuracy"] for s in seeds]
-        (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
-        d = paired_difference(a, b)
-        ok = learns(a, t["majority_rate"]) and learns(b, t["majority_rate"])
-        v = verdict(d) if ok else "not learned (excluded)"
-        (verdicts.__setitem__(t["name"], (v, d)) if ok else not_learned.append(t["name"]))
-        steps = by[("taylorshift", seeds[0])]["steps"]
-        lines.append(f"| {t['name']} ({t['stands_in_for']}) | {t['train_size']:,} / {t['test_size']:,} | {steps:,} "
-                     f"| {t['majority_rate']:.1f} | {ma:.2f} ± {sa:.2f} | {mb:.2f} ± {sb:.2f} | {d.mean:+.2f} "
-                     f"[{d.low:+.2f}, {d.high:+.2f}] | {v} |")
+        step_counts = sorted({r["steps"] for r in t["runs"]})
+        for steps in step_counts:  # one row per schedule length; several only where a task was also run longer
+            name = t["name"] if len(step_counts) == 1 else f"{t['name']} ({steps:,} steps)"
+            by = {(r["attention"], r["seed"]): r for r in t["runs"] if r["steps"] == steps}
+            seeds = sorted({seed for (a, seed) in by if ("taylorshift", seed) in by and ("softmax", seed) in by})
+            if len(seeds) < 2:
+                pending.append(f"{name} ({len(seeds)} seed pair(s) finished)")
+                continue
+            a = [by[("taylorshift", s)]["test_accuracy"] for s in seeds]
+            b = [by[("softmax", s)]["test_accuracy"] for s in seeds]
+            (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+            d = paired_difference(a, b)
+            ok = learns(a, t["majority_rate"]) and learns(b, t["majority_rate"])
+            v = verdict(d) if ok else "not learned (excluded)"
+            (verdicts.__setitem__(name, (v, d)) if ok else not_learned.append(name))
+            lines.append(f"| {t['name']} ({t['stands_in_for']}) | {t['train_size']:,} / {t['test_size']:,} | "
+                         f"{steps:,} | {t['majority_rate']:.1f} | {ma:.2f} ± {sa:.2f} | {mb:.2f} ± {sb:.2f} | "
+                         f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] | {v} |")
         if figs is not None:
             _matched_plot(t["name"], [r for r in matched if r["task"] == t["name"]], figs / f"matched_{t['name']}.png")
     lines += ["", "Cells: test accuracy in %, mean ± sample std over seeds (n seeds = pairs in the interval).", ""]
@@ -741,13 +743,18 @@ def _matched_plot(task: str, runs: list, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
+    longest = max((r["steps"] for r in runs), default=0)  # shorter schedules of the same task: dotted
     for a, color, name in (("taylorshift", "tab:blue", "TaylorShift"), ("softmax", "tab:orange", "softmax")):
-        for i, r in enumerate(sorted((r for r in runs if r["attention"] == a), key=lambda r: r["seed"])):
+        mine = sorted((r for r in runs if r["attention"] == a), key=lambda r: (-r["steps"], r["seed"]))
+        for i, r in enumerate(mine):
             ax.plot([p[0] for p in r["val_curve"]], [p[1] for p in r["val_curve"]], color=color, alpha=0.8,
-                    label=name if i == 0 else None)
+                    linestyle="-" if r["steps"] == longest else ":", label=name if i == 0 else None)
     ax.set_xlabel("step")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"{task}: matched optimisation, one line per seed")
+    shorter = sorted({r["steps"] for r in runs} - {longest})
+    ax.set_title(f"{task}: matched optimisation, one line per seed"
+                 + (f"\n(dotted: {', '.join(f'{s:,}' for s in shorter)}-step schedules)" if shorter else ""),
+                 fontsize=10)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -274,3 +274,20 @@ def test_pathfinder_shortcut_reads_the_prepared_examples(tmp_path):
     d = np.array([1.0, 2.0, 5.0, 6.0])
     assert sc.best_rule(d, np.array([1, 1, 0, 0])) == (2.0, 1)
     assert sc.best_rule(d, np.array([0, 0, 1, 1])) == (5.0, -1)
+
+
+def test_a_task_run_at_two_schedule_lengths_gets_a_row_for_each():
+    """Runs of one task at 5,000 and 10,000 steps are never pooled: each schedule is its own row and verdict."""
+    runs = [{"attention": a, "seed": s, "steps": steps, "test_accuracy": acc + s}
+            for steps, accs in ((5000, {"taylorshift": 60.0, "softmax": 70.0}), (10000, {"taylorshift": 80.0,
+                                                                                        "softmax": 80.2}))
+            for a, acc in accs.items() for s in range(3)]
+    summary = _summary([])
+    summary["tasks"] = [{"name": "pf", "stands_in_for": "P", "data": "", "train_size": 10, "test_size": 10,
+                         "majority_rate": 50.0, "runs": runs}]
+    text = lra_report.render_protocol_report(summary, [], META)
+    row5 = next(ln for ln in text.splitlines() if ln.startswith("| pf (P) | 10 / 10 | 5,000 |"))
+    row10 = next(ln for ln in text.splitlines() if ln.startswith("| pf (P) | 10 / 10 | 10,000 |"))
+    assert "| 61.00 ± 1.00 | 71.00 ± 1.00 | -10.00 [-10.00, -10.00] | worse |" in row5
+    assert "| 81.00 ± 1.00 | 81.20 ± 1.00 | -0.20 [-0.20, -0.20] | within 1 point |" in row10
+    assert "pf (5,000 steps): worse" in text and "pf (10,000 steps): within 1 point" in text
